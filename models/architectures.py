@@ -1,0 +1,125 @@
+"""The three network families batchserve ships: the Keras-example MLP, the PyTorch-example
+character RNN classifier, and a character-level recurrent language model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+}
+
+
+class MLP(nn.Module):
+    """Dense layers with one activation between them; returns logits (softmax is applied by the
+    caller, as Keras' final `Dense(10, activation="softmax")` would)."""
+
+    def __init__(self, layer_sizes: list[int], activation: str = "relu") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
+            layers.append(nn.Linear(n_in, n_out))
+            if i < len(layer_sizes) - 2:
+                layers.append(ACTIVATIONS[activation]())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class CharRNNClassifier(nn.Module):
+    """The PyTorch tutorial's RNN: `i2h` and `i2o` read concat(one-hot char, hidden).
+
+    cell="elman" is the tutorial's cell (with tanh on the hidden state, which keeps long names from
+    diverging); "gru" and "lstm" replace the recurrence with a packed cuDNN-style RNN and read the
+    output from the final hidden state with `i2o`. A whole padded batch runs in one call: rows are
+    sorted by length, so step t only computes the rows still running (compute follows real tokens).
+    """
+
+    def __init__(self, alphabet_size: int, hidden_size: int, num_classes: int, cell: str = "elman"):
+        super().__init__()
+        self.alphabet_size = alphabet_size
+        self.hidden_size = hidden_size
+        self.cell = cell
+        if cell == "elman":
+            self.i2h = nn.Linear(alphabet_size + hidden_size, hidden_size)
+            self.i2o = nn.Linear(alphabet_size + hidden_size, num_classes)
+        else:
+            rnn_type = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
+            self.rnn = rnn_type(alphabet_size, hidden_size, batch_first=True)
+            self.i2o = nn.Linear(hidden_size, num_classes)
+        self.log_softmax = nn.LogSoftmax(dim=-1)
+
+    def forward(self, chars: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """chars: [B, T] alphabet indices (any padding value); lengths: [B] (on the CPU, >= 1).
+        Returns log-probabilities [B, num_classes] in the input order."""
+        lengths, order = torch.sort(lengths.cpu(), descending=True)
+        chars = chars[order.to(chars.device)]
+        one_hot = nn.functional.one_hot(chars.clamp(0, self.alphabet_size - 1), self.alphabet_size)
+        one_hot = one_hot.to(self.i2o.weight.dtype)
+        if self.cell == "elman":
+            logits = self._elman(one_hot, lengths)
+        else:
+            packed = pack_padded_sequence(one_hot, lengths, batch_first=True)
+            _, state = self.rnn(packed)
+            hidden = state[0] if isinstance(state, tuple) else state
+            logits = self.i2o(hidden[-1])
+        out = torch.empty_like(logits)
+        out[order.to(logits.device)] = self.log_softmax(logits)
+        return out
+
+    def _elman(self, one_hot: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        batch = one_hot.shape[0]
+        hidden = one_hot.new_zeros(batch, self.hidden_size)
+        logits = one_hot.new_empty(batch, self.i2o.out_features)
+        # Rows still running at step t are a prefix of the batch (sorted by length, descending).
+        active_at = [int((lengths > t).sum()) for t in range(int(lengths[0]))]
+        for t, active in enumerate(active_at):
+            ending = active_at[t + 1] if t + 1 < len(active_at) else 0
+            combined = torch.cat((one_hot[:active, t], hidden[:active]), dim=1)
+            if ending < active:
+                logits[ending:active] = self.i2o(combined[ending:active])
+            hidden = torch.cat((torch.tanh(self.i2h(combined)), hidden[active:]), dim=0)
+        return logits
+
+
+class CharLM(nn.Module):
+    """Character language model: embedding -> GRU/LSTM (packed) -> linear over the vocabulary.
+
+    The vocabulary is the alphabet plus begin- and end-of-sequence tokens."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        cell: str = "gru",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        rnn_type = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
+        self.rnn = rnn_type(
+            embedding_dim,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.head = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """tokens: [B, T] (BOS first); lengths: [B] on the CPU. Returns next-token
+        log-probabilities [B, T, vocab]; positions past a row's length are meaningless."""
+        packed = pack_padded_sequence(
+            self.embedding(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        output, _ = self.rnn(packed)
+        padded, _ = pad_packed_sequence(output, batch_first=True, total_length=tokens.shape[1])
+        return torch.log_softmax(self.head(padded), dim=-1)

@@ -1,0 +1,232 @@
+"""The checkpoint format: a directory with `config.json` and `model.safetensors` (or a plain
+`state_dict` file loaded with `weights_only=True`). Checkpoints are untrusted input: nothing is
+unpickled as code, sizes are bounded, and the weights must match the configured architecture."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.architectures import MLP, CharLM, CharRNNClassifier
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+STATE_DICT_FILES = ("model.pt", "model.pth", "pytorch_model.bin")
+MAX_WIDTH = 65_536
+MAX_PARAMETERS = 200_000_000
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be loaded; the message says why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MLPArchitecture(_Strict):
+    type: Literal["mlp"] = "mlp"
+    layer_sizes: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(min_length=2, max_length=64)
+    activation: Literal["relu", "tanh", "sigmoid", "gelu"] = "relu"
+    output: Literal["softmax"] = "softmax"
+
+
+class CharRNNArchitecture(_Strict):
+    type: Literal["char_rnn_classifier"] = "char_rnn_classifier"
+    cell: Literal["elman", "gru", "lstm"] = "elman"
+    hidden_size: int = Field(ge=1, le=MAX_WIDTH)
+    output: Literal["log_softmax"] = "log_softmax"
+
+
+class CharLMArchitecture(_Strict):
+    type: Literal["char_lm"] = "char_lm"
+    cell: Literal["gru", "lstm"] = "gru"
+    embedding_dim: int = Field(ge=1, le=MAX_WIDTH)
+    hidden_size: int = Field(ge=1, le=MAX_WIDTH)
+    num_layers: int = Field(default=1, ge=1, le=16)
+
+
+Architecture = Annotated[
+    MLPArchitecture | CharRNNArchitecture | CharLMArchitecture, Field(discriminator="type")
+]
+
+
+class VectorInput(_Strict):
+    kind: Literal["vector"] = "vector"
+    shape: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(min_length=1, max_length=4)
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+class TextInput(_Strict):
+    kind: Literal["text"] = "text"
+    alphabet: str = Field(min_length=1, max_length=4096)
+    max_length: int = Field(ge=1, le=100_000)
+    normalize: Literal["none", "ascii"] = "none"
+
+
+class BatchingConfig(_Strict):
+    """Per-model overrides of the service-wide batching defaults."""
+
+    max_batch_size: int | None = Field(default=None, ge=1, le=65_536)
+    max_batch_delay_ms: float | None = Field(default=None, ge=0, le=10_000)
+    max_batch_tokens: int | None = Field(default=None, ge=1)
+
+
+class ModelConfig(_Strict):
+    """Everything in `config.json`."""
+
+    format_version: Literal[1] = 1
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    task: Literal["classify", "score"]
+    description: str = ""
+    architecture: Architecture
+    input: Annotated[VectorInput | TextInput, Field(discriminator="kind")]
+    labels: list[str] = Field(default_factory=list, max_length=100_000)
+    data: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    weights_file: str = SAFETENSORS_FILE
+    weights_sha256: str | None = None
+    device: str | None = None
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        arch, task = self.architecture, self.task
+        if isinstance(arch, MLPArchitecture):
+            if task != "classify" or not isinstance(self.input, VectorInput):
+                raise ValueError("an mlp is a classifier over a vector input")
+            width = 1
+            for n in self.input.shape:
+                width *= n
+            if width != arch.layer_sizes[0]:
+                raise ValueError(f"input shape {self.input.shape} does not match layer_sizes[0]")
+            if len(self.labels) != arch.layer_sizes[-1]:
+                raise ValueError(f"{len(self.labels)} labels for {arch.layer_sizes[-1]} outputs")
+        elif not isinstance(self.input, TextInput):
+            raise ValueError(f"a {arch.type} needs a text input")
+        elif isinstance(arch, CharRNNArchitecture) and (task != "classify" or not self.labels):
+            raise ValueError("a char_rnn_classifier is a classifier and needs labels")
+        elif isinstance(arch, CharLMArchitecture) and task != "score":
+            raise ValueError("a char_lm is a scoring model (task 'score')")
+        if Path(self.weights_file).name != self.weights_file:
+            raise ValueError("weights_file must be a file name inside the checkpoint directory")
+        return self
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """An untrained module of the configured architecture."""
+    arch = config.architecture
+    if isinstance(arch, MLPArchitecture):
+        return MLP(arch.layer_sizes, arch.activation)
+    assert isinstance(config.input, TextInput)
+    alphabet_size = len(config.input.alphabet)
+    if isinstance(arch, CharRNNArchitecture):
+        return CharRNNClassifier(alphabet_size, arch.hidden_size, len(config.labels), arch.cell)
+    return CharLM(alphabet_size + 2, arch.embedding_dim, arch.hidden_size, arch.num_layers, arch.cell)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_config(directory: Path) -> ModelConfig:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    try:
+        return ModelConfig.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CheckpointError(f"{path} is invalid: {problems}") from None
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        # weights_only=True: the restricted unpickler admits tensors and plain containers only.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"cannot read {path.name}: {exc}".splitlines()[0]) from None
+    except Exception as exc:  # noqa: BLE001 - the unpickler raises many types on hostile files
+        raise CheckpointError(f"refused {path.name}: {type(exc).__name__}: {exc}"[:500]) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path.name} is not a state_dict of tensors")
+    return state
+
+
+def _check_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    wrong = [f"{k} {found[k]} != {expected[k]}" for k in expected if found[k] != expected[k]]
+    if wrong:
+        raise CheckpointError(f"weight shapes do not match the config: {'; '.join(wrong[:5])}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"weights contain NaN or infinity: {bad[:5]}")
+
+
+def weights_path(directory: Path, config: ModelConfig) -> Path:
+    candidates = [config.weights_file, SAFETENSORS_FILE, *STATE_DICT_FILES]
+    for name in dict.fromkeys(candidates):
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"no weights file in {directory} (looked for {', '.join(candidates)})")
+
+
+def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
+    """Read, verify and build a checkpoint; the module is in eval() on `device`."""
+    config = read_config(directory)
+    _check_parameter_count(config)
+    path = weights_path(directory, config)
+    if config.weights_sha256 and sha256_file(path) != config.weights_sha256:
+        raise CheckpointError(f"{path.name} does not match weights_sha256 in {CONFIG_FILE}")
+    model = build_model(config)
+    state = _read_weights(path)
+    _check_weights(model, state)
+    model.load_state_dict(state)
+    return model.to(device).eval(), config
+
+
+def _check_parameter_count(config: ModelConfig) -> None:
+    # Built on the meta device: an absurd config costs no memory before it is refused.
+    with torch.device("meta"):
+        count = sum(p.numel() for p in build_model(config).parameters())
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(f"the config asks for {count:,} parameters (limit {MAX_PARAMETERS:,})")
+
+
+def save_checkpoint(directory: Path, model: nn.Module, config: ModelConfig) -> ModelConfig:
+    """Write weights and config; returns the config with the weights' sha256 filled in."""
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / SAFETENSORS_FILE
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, weights)
+    config = config.model_copy(
+        update={"weights_file": SAFETENSORS_FILE, "weights_sha256": sha256_file(weights)}
+    )
+    text = json.dumps(config.model_dump(mode="json"), indent=2, ensure_ascii=False)
+    (directory / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
+    return config
