@@ -1,0 +1,1 @@
+"""batchserve: an inference web service for trained PyTorch MLP and RNN models."""

@@ -1,0 +1,231 @@
+"""Dynamic batching: items from concurrent requests wait in one bounded queue per model version
+and leave it together, as one forward pass on the device's inference thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import DeadlineExceeded, ItemFailed, ModelNotReady, QueueFull
+
+
+@dataclass(slots=True)
+class WorkItem:
+    payload: Any
+    future: asyncio.Future[Any]
+    tokens: int
+    enqueued_at: float
+    deadline: float | None
+    started: bool = False
+    batch_size: int = 0  # filled in when its batch ran, for the access log
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What one forward pass did; given to the observer for metrics and access logs."""
+
+    size: int
+    tokens: int
+    queue_s: list[float]
+    compute_s: float
+    failed_items: int
+
+
+@dataclass
+class BatchLimits:
+    max_batch_size: int = 64
+    max_batch_delay_ms: float = 1.0
+    max_batch_tokens: int | None = None
+    max_queue_size: int = 2048
+    retry_after_s: int = 1
+
+
+class _ItemError:
+    """A per-item failure carried back from the inference thread."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+@dataclass
+class DynamicBatcher:
+    """`run_batch(payloads) -> outputs` is called on `executor`, never on the event loop."""
+
+    run_batch: Callable[[list[Any]], Sequence[Any]]
+    executor: Executor
+    limits: BatchLimits = field(default_factory=BatchLimits)
+    item_tokens: Callable[[Any], int] = lambda _: 1
+    observer: Callable[[BatchReport], None] | None = None
+    _queue: deque[WorkItem] = field(default_factory=deque, init=False)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _in_flight: int = field(default=0, init=False)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+
+    @property
+    def queued_items(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy_items(self) -> int:
+        """Items queued or computing: zero means every accepted item has been answered."""
+        return len(self._queue) + self._in_flight
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run_forever())
+
+    async def stop(self) -> None:
+        """Finish everything accepted, then stop the collector."""
+        await self.drained()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def drained(self) -> None:
+        while self.busy_items:
+            self._idle.clear()
+            await self._idle.wait()
+
+    def submit(self, payloads: Sequence[Any], deadline: float | None = None) -> list[WorkItem]:
+        """Queue the items of one request; all or none: a full queue raises QueueFull at once."""
+        limits = self.limits
+        if self._task is None:
+            raise ModelNotReady("this model version is not accepting work (it is being unloaded)")
+        if len(self._queue) + len(payloads) > limits.max_queue_size:
+            raise QueueFull(
+                f"the queue of this model is full ({len(self._queue)} of {limits.max_queue_size} "
+                "items waiting); retry later",
+                headers={"Retry-After": str(limits.retry_after_s)},
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        work = [
+            WorkItem(payload, loop.create_future(), self.item_tokens(payload), now, deadline)
+            for payload in payloads
+        ]
+        self._queue.extend(work)
+        self._wakeup.set()
+        return work
+
+    async def _run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._wait_for_batch()
+            batch = self._take_batch()
+            if batch:
+                await self._run(loop, batch)
+
+    async def _wait_for_batch(self) -> None:
+        """Wait until a full batch is queued or the first item has waited max_batch_delay_ms."""
+        limits = self.limits
+        close_at = self._queue[0].enqueued_at + limits.max_batch_delay_ms / 1000
+        while len(self._queue) < limits.max_batch_size:
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[WorkItem]:
+        """Pop up to max_batch_size live items, within max_batch_tokens (one item always fits)."""
+        limits, now = self.limits, time.monotonic()
+        batch: list[WorkItem] = []
+        tokens = 0
+        while self._queue and len(batch) < limits.max_batch_size:
+            item = self._queue[0]
+            if item.future.done():  # cancelled: the client went away or gave up
+                self._queue.popleft()
+                continue
+            if item.deadline is not None and now > item.deadline:
+                self._queue.popleft()
+                item.future.set_exception(DeadlineExceeded(_DEADLINE_MESSAGE))
+                continue
+            if batch and limits.max_batch_tokens and tokens + item.tokens > limits.max_batch_tokens:
+                break
+            self._queue.popleft()
+            item.started = True
+            tokens += item.tokens
+            batch.append(item)
+        return batch
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[WorkItem]) -> None:
+        self._in_flight = len(batch)
+        started = time.monotonic()
+        try:
+            outputs = await loop.run_in_executor(
+                self.executor, _run_isolating_failures, self.run_batch, [w.payload for w in batch]
+            )
+        finally:
+            self._in_flight = 0
+        compute_s = time.monotonic() - started
+        failed = 0
+        for item, output in zip(batch, outputs, strict=True):
+            item.batch_size, item.queue_s, item.compute_s = (
+                len(batch),
+                started - item.enqueued_at,
+                compute_s,
+            )
+            if item.future.done():
+                continue
+            if isinstance(output, _ItemError):
+                failed += 1
+                item.future.set_exception(
+                    ItemFailed(f"the model failed on this item: {output.error}")
+                )
+            else:
+                item.future.set_result(output)
+        if self.observer is not None:
+            queue_s = [w.queue_s for w in batch]
+            tokens = sum(w.tokens for w in batch)
+            self.observer(BatchReport(len(batch), tokens, queue_s, compute_s, failed))
+
+
+_DEADLINE_MESSAGE = "the request's deadline (X-Request-Timeout-Ms) passed before its work started"
+
+
+def _run_isolating_failures(
+    run_batch: Callable[[list[Any]], Sequence[Any]], payloads: list[Any]
+) -> list[Any]:
+    """Run the batch; if it raises (or answers the wrong number of outputs), run its items one
+    by one so that only the item at fault fails."""
+    try:
+        return _checked(run_batch, payloads)
+    except Exception as exc:  # noqa: BLE001 - any model error is narrowed down below
+        if len(payloads) == 1:
+            return [_ItemError(exc)]
+    results: list[Any] = []
+    for payload in payloads:
+        try:
+            results.append(_checked(run_batch, [payload])[0])
+        except Exception as exc:  # noqa: BLE001
+            results.append(_ItemError(exc))
+    return results
+
+
+def _checked(run_batch: Callable[[list[Any]], Sequence[Any]], payloads: list[Any]) -> list[Any]:
+    outputs = list(run_batch(payloads))
+    if len(outputs) != len(payloads):
+        raise RuntimeError(f"the model returned {len(outputs)} outputs for {len(payloads)} inputs")
+    return outputs

@@ -1,0 +1,94 @@
+"""HTTP plumbing shared by the `/v1` and `/v2` routes: auth, body reading, deadlines, JSON out."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.errors import MalformedRequest, PayloadTooLarge, Unauthorized
+from app.inference import RequestContext
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def authorize(request: Request, keys: list[bytes]) -> None:
+    """Bearer auth; keys are compared in constant time and never echoed."""
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token:
+        supplied = token.strip().encode()
+        # Compare against every key so the time taken does not reveal which one matched.
+        matched = False
+        for key in keys:
+            matched |= hmac.compare_digest(supplied, key)
+        if matched:
+            return
+    problem = "missing" if not header else "wrong"
+    raise Unauthorized(
+        f"Authorization: {problem} API key; send 'Authorization: Bearer <key>'",
+        headers={"WWW-Authenticate": 'Bearer realm="batchserve"'},
+    )
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `max_bytes` (even without Content-Length)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"body: the request body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise MalformedRequest("body: empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"body: malformed JSON: {exc}") from None
+
+
+def request_context(request: Request) -> RequestContext:
+    deadline = None
+    raw = request.headers.get("x-request-timeout-ms")
+    if raw is not None:
+        try:
+            timeout_ms = float(raw)
+        except ValueError:
+            timeout_ms = -1.0
+        if not 0 < timeout_ms < 86_400_000:
+            raise MalformedRequest(
+                "X-Request-Timeout-Ms: expected a positive number of milliseconds below one day"
+            )
+        deadline = time.monotonic() + timeout_ms / 1000
+    return RequestContext(deadline, _disconnect_waiter(request), stats=request.scope["state"])
+
+
+def _disconnect_waiter(request: Request) -> Any:
+    receive = request.receive
+
+    async def wait() -> None:
+        # Once the body is read, the next ASGI message is http.disconnect (or nothing).
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return wait

@@ -1,0 +1,89 @@
+"""The application factory: `create_app(settings)` wires settings, registry, routes and middleware.
+Nothing happens at import time; models load in the lifespan."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from starlette.responses import Response
+
+from app import routes_v1
+from app.errors import install_error_handlers
+from app.http import authorize
+from app.middleware import ServiceMiddleware
+from app.service import Service
+from app.settings import Settings
+
+log = logging.getLogger("batchserve")
+
+DESCRIPTION = """Inference for trained PyTorch MLP and RNN models, with dynamic batching:
+concurrent requests to a model are merged into one forward pass.
+
+* `/v1` is the native API: `predict` for classifiers, `score` for language models.
+* `/v2` is the Open Inference Protocol (KServe / Triton).
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.torch_threads)
+        await service.registry.load_repository()
+        # Start-up leaves ~10^5 long-lived objects (torch, pydantic, FastAPI); freezing them keeps
+        # the collector's full passes from walking them again during serving.
+        gc.collect()
+        gc.freeze()
+        log.info("serving models: %s", ", ".join(service.registry.names()) or "none")
+        yield
+        await service.registry.close()
+
+    app = FastAPI(
+        title="batchserve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(routes_v1.router)
+    _add_metrics_route(app, service)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(
+        ServiceMiddleware,
+        metrics=service.metrics,
+        max_body_bytes=settings.max_body_bytes,
+        log_access=settings.access_log,
+    )
+    return app
+
+
+def _add_metrics_route(app: FastAPI, service: Service) -> None:
+    @app.get("/metrics", include_in_schema=True, tags=["operations"], summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        if service.settings.protect_metrics:
+            authorize(request, service.api_keys)
+        service.refresh_gauges()
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _openapi(app: FastAPI) -> dict:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in routes_v1.REQUEST_SCHEMAS:
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        app.openapi_schema = schema
+    return app.openapi_schema

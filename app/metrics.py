@@ -1,0 +1,67 @@
+"""Prometheus metrics, in a registry per app so that several apps can share a process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from app.batcher import BatchReport
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "batchserve_requests", "HTTP requests answered.",
+            ["model", "version", "endpoint", "status"], registry=r,
+        )  # fmt: skip
+        self.request_seconds = Histogram(
+            "batchserve_request_duration_seconds", "End-to-end request latency.",
+            ["model", "endpoint"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_seconds = Histogram(
+            "batchserve_queue_duration_seconds", "Time items wait in the batch queue.",
+            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.compute_seconds = Histogram(
+            "batchserve_compute_duration_seconds", "Time of one batched forward pass.",
+            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "batchserve_batch_size", "Items per forward pass.",
+            ["model", "version"], buckets=_BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.items = Counter(
+            "batchserve_items", "Items computed.", ["model", "version"], registry=r
+        )
+        self.item_failures = Counter(
+            "batchserve_item_failures", "Items the model failed on.", ["model", "version"],
+            registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "batchserve_queue_depth", "Items waiting or computing.", ["model", "version"],
+            registry=r,
+        )  # fmt: skip
+        self.model_state = Gauge(
+            "batchserve_model_state", "1 for the state each model version is in.",
+            ["model", "version", "state"], registry=r,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "batchserve_rejected_requests", "Requests refused, by reason.", ["reason"], registry=r
+        )
+
+    def observe_batch(self, model: str, version: str, report: BatchReport) -> None:
+        self.batch_size.labels(model, version).observe(report.size)
+        self.compute_seconds.labels(model, version).observe(report.compute_s)
+        self.items.labels(model, version).inc(report.size)
+        queue = self.queue_seconds.labels(model, version)
+        for waited in report.queue_s:
+            queue.observe(waited)
+        if report.failed_items:
+            self.item_failures.labels(model, version).inc(report.failed_items)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

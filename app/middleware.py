@@ -1,0 +1,127 @@
+"""One pure-ASGI layer around every request: request id, early 413 and shutdown 503, the access
+log line and the request metrics. Pure ASGI because it sits on the hot path."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.metrics import Metrics
+
+access_log = logging.getLogger("batchserve.access")
+
+
+class ServiceMiddleware:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, log_access: bool
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.log_access = log_access
+        self.draining = False  # set on SIGTERM: new requests are refused, accepted ones finish
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await _send_error(send_with_id, *refusal)
+        else:
+            self.in_flight += 1
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                self.in_flight -= 1
+        self._record(scope, state, status, time.perf_counter() - started)
+
+    def _refusal(self, scope: Scope) -> tuple[int, str, str, dict[str, str]] | None:
+        path = scope["path"]
+        if self.draining and not path.startswith(("/v2/health", "/metrics")):
+            return 503, "the server is shutting down", "shutting_down", {"Connection": "close"}
+        length = _header(scope, b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            return (
+                413,
+                f"body: the request body exceeds the limit of {self.max_body_bytes} bytes",
+                "payload_too_large",
+                {"Connection": "close"},
+            )
+        return None
+
+    def _record(self, scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
+        model = state.get("model", "")
+        endpoint = state.get("endpoint") or scope["path"]
+        if model:
+            self.metrics.requests.labels(
+                model, state.get("version", ""), endpoint, str(status)
+            ).inc()
+            self.metrics.request_seconds.labels(model, endpoint).observe(seconds)
+        if status in _REJECTION_REASONS:
+            self.metrics.rejected.labels(state.get("rejected") or _REJECTION_REASONS[status]).inc()
+        if self.log_access:
+            line = {
+                "event": "access",
+                "request_id": state["request_id"],
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                **{k: v for k, v in state.items() if k in _LOGGED},
+            }
+            access_log.info(orjson.dumps(line).decode())
+
+
+_LOGGED = ("model", "version", "items", "batch_size", "queue_ms", "compute_ms", "error")
+_REJECTION_REASONS = {
+    401: "auth",
+    403: "auth",
+    413: "body_too_large",
+    422: "validation",
+    400: "validation",
+    503: "queue_full",
+    504: "deadline",
+}
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _send_error(
+    send: Send, status: int, message: str, code: str, headers: dict[str, str]
+) -> None:
+    body = orjson.dumps({"error": message, "code": code})
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,88 @@
+"""Service settings: one class, read from `BATCHSERVE_*` variables, checked at start-up."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+import models
+
+DEFAULT_REPOSITORY = Path(models.__file__).resolve().parent / "repository"
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+class Settings(BaseSettings):
+    """Each field is read from `BATCHSERVE_<FIELD>`; a nonsense value stops the server at start."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHSERVE_", extra="forbid")
+
+    model_repository: Path = Field(
+        DEFAULT_REPOSITORY,
+        description="Directory holding <name>/<version>/{config.json,model.safetensors}.",
+    )
+    device: str = Field(
+        "auto", description="Where models run: auto (CUDA when available), cpu, cuda or cuda:N."
+    )
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 only inside a container.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    max_batch_size: int = Field(64, ge=1, le=65536, description="Most items in one forward pass.")
+    max_batch_delay_ms: float = Field(
+        1.0, ge=0, le=10_000, description="Longest wait for more items after a batch's first item."
+    )
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="Most characters in one batch of a text model (caps long strings)."
+    )
+    max_queue_size: int = Field(
+        2048, ge=1, description="Most items waiting per model version; beyond it requests get 503."
+    )
+    max_items_per_request: int = Field(1024, ge=1, description="Most inputs in one request.")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get 413."
+    )
+    max_top_k: int = Field(100, ge=1, description="Largest top_k a predict request may ask for.")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with a 503 for a full queue.")
+    torch_threads: int = Field(
+        1, ge=1, le=256, description="CPU threads for each forward pass (torch.set_num_threads)."
+    )
+    warmup: bool = Field(True, description="Run warm-up forward passes when a model loads.")
+    compile: bool = Field(False, description="Opt in to torch.compile for loaded models.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer keys for inference and metadata; unset = no auth.",
+    )
+    admin_api_key: SecretStr | None = Field(
+        None, description="Key for /v2/repository load/unload; unset = those endpoints are off."
+    )
+    protect_metrics: bool = Field(False, description="Require an API key for /metrics too.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    access_log: bool = Field(True, description="Write one JSON access line per request.")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long accepted requests get to finish."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
