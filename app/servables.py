@@ -88,7 +88,8 @@ class VectorClassifier(Servable):
             found = ", ".join(sorted(_json_type_name(t) for t in wrong))
             raise InvalidInput(f"{field}: expected {self.shapes_text}; found {found}")
         try:
-            array = np.array(raw, dtype=np.float32)
+            with np.errstate(over="ignore"):  # overflow to inf is reported as "not finite"
+                array = np.array(raw, dtype=np.float32)
         except ValueError:
             raise InvalidInput(
                 f"{field}: expected {self.shapes_text}; rows have unequal lengths"

@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny real models saved to a temporary repository, and the real app served by
+uvicorn on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import string
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import uvicorn
+
+from app.main import create_app
+from app.settings import DEFAULT_REPOSITORY, Settings
+from models.checkpoint import (
+    CharLMArchitecture,
+    CharRNNArchitecture,
+    MLPArchitecture,
+    ModelConfig,
+    TextInput,
+    VectorInput,
+    build_model,
+    save_checkpoint,
+)
+
+ALPHABET = string.ascii_letters + " '-"
+SHIPPED = DEFAULT_REPOSITORY
+
+
+def tiny_configs() -> list[ModelConfig]:
+    """Same interfaces as the shipped models, a few hundred weights each."""
+    text = TextInput(alphabet=ALPHABET, max_length=24, normalize="ascii")
+    return [
+        ModelConfig(
+            name="mnist-mlp",
+            task="classify",
+            architecture=MLPArchitecture(layer_sizes=[784, 4, 10]),
+            input=VectorInput(shape=[784], minimum=0.0, maximum=1.0),
+            labels=[str(i) for i in range(10)],
+        ),
+        ModelConfig(
+            name="names-rnn",
+            task="classify",
+            architecture=CharRNNArchitecture(hidden_size=6),
+            input=text,
+            labels=["JP", "PL", "IT"],
+        ),
+        ModelConfig(
+            name="names-lm",
+            task="score",
+            architecture=CharLMArchitecture(embedding_dim=4, hidden_size=8),
+            input=text,
+        ),
+    ]
+
+
+def write_tiny_repository(root: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    for config in tiny_configs():
+        save_checkpoint(root / config.name / "1", build_model(config), config)
+    return root
+
+
+@pytest.fixture
+def tiny_repository(tmp_path: Path) -> Path:
+    return write_tiny_repository(tmp_path / "repository")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def live_server(settings: Settings) -> Iterator[str]:
+    """The real app under uvicorn in a background thread; yields its base URL."""
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    try:
+        for _ in range(600):
+            if server.started or not thread.is_alive():
+                break
+            threading.Event().wait(0.05)
+        if not server.started:
+            raise RuntimeError("the test server did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def settings_for(repository: Path, **overrides: object) -> Settings:
+    return Settings(model_repository=repository, access_log=False, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def shipped_server() -> Iterator[str]:
+    """One server over the committed, trained checkpoints for the whole session."""
+    with live_server(settings_for(SHIPPED)) as url:
+        yield url

@@ -1,0 +1,250 @@
+"""Dynamic batching, observed through the real server and on the batcher itself."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.batcher import BatchLimits, BatchReport, DynamicBatcher
+from app.errors import ItemFailed, QueueFull
+from tests.conftest import live_server, settings_for, write_tiny_repository
+
+NAMES = ["Nakamura", "Kowalski", "Rossi", "Smith", "Ng", "Papadopoulos", "Li", "Schmidt"]
+
+
+def _images(count: int, seed: int = 0) -> list[list[float]]:
+    rng = random.Random(seed)
+    return [[rng.random() for _ in range(784)] for _ in range(count)]
+
+
+def _metric(text: str, name: str, model: str) -> float:
+    pattern = rf'^{name}\{{model="{model}",version="1"\}} (\S+)$'
+    values = [float(m.group(1)) for m in re.finditer(pattern, text, re.M)]
+    return sum(values)
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    return write_tiny_repository(tmp_path / "repository")
+
+
+async def _post_all(url: str, path: str, bodies: list[dict]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        return await asyncio.gather(*(client.post(path, json=b) for b in bodies))
+
+
+def test_concurrent_requests_share_one_forward_pass(repository: Path) -> None:
+    settings = settings_for(repository, max_batch_delay_ms=200, max_batch_size=64)
+    with live_server(settings) as url:
+        bodies = [{"inputs": [image]} for image in _images(16)]
+        responses = asyncio.run(_post_all(url, "/v1/models/mnist-mlp/predict", bodies))
+        metrics = httpx.get(f"{url}/metrics").text
+    assert all(r.status_code == 200 for r in responses)
+    batches = _metric(metrics, "batchserve_batch_size_count", "mnist-mlp")
+    items = _metric(metrics, "batchserve_batch_size_sum", "mnist-mlp")
+    assert items == 16
+    assert batches < 16, "no two requests shared a forward pass"
+
+
+def test_batched_results_equal_results_sent_alone_in_order(repository: Path) -> None:
+    images = _images(12, seed=1)
+    settings = settings_for(repository, max_batch_delay_ms=100)
+    with live_server(settings) as url:
+        alone = [
+            httpx.post(f"{url}/v1/models/mnist-mlp/predict", json={"inputs": [im], "top_k": 10})
+            for im in images
+        ]
+        together = asyncio.run(
+            _post_all(
+                url,
+                "/v1/models/mnist-mlp/predict",
+                [{"inputs": [im], "top_k": 10} for im in images],
+            )
+        )
+        one_request = httpx.post(
+            f"{url}/v1/models/mnist-mlp/predict", json={"inputs": images, "top_k": 10}
+        )
+    expected = [r.json()["predictions"][0] for r in alone]
+    for got in ([r.json()["predictions"][0] for r in together], one_request.json()["predictions"]):
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected, strict=True):
+            assert g["label"] == e["label"]
+            by_label = {p["label"]: p["probability"] for p in e["top_k"]}
+            for p in g["top_k"]:
+                assert abs(p["probability"] - by_label[p["label"]]) <= 1e-6
+
+
+def test_text_items_of_mixed_lengths_batch_like_alone(repository: Path) -> None:
+    settings = settings_for(repository, max_batch_delay_ms=100)
+    with live_server(settings) as url:
+        alone = [
+            httpx.post(
+                f"{url}/v1/models/names-lm/score", json={"inputs": [n], "per_token": True}
+            ).json()
+            for n in NAMES
+        ]
+        together = httpx.post(
+            f"{url}/v1/models/names-lm/score", json={"inputs": NAMES, "per_token": True}
+        )
+        rnn_alone = [
+            httpx.post(f"{url}/v1/models/names-rnn/predict", json={"inputs": [n]}).json()
+            for n in NAMES
+        ]
+        rnn_together = httpx.post(
+            f"{url}/v1/models/names-rnn/predict", json={"inputs": NAMES}
+        ).json()
+    for one, batched in zip(alone, together.json()["scores"], strict=True):
+        assert abs(one["scores"][0]["log_prob"] - batched["log_prob"]) <= 1e-5
+        assert [t["token"] for t in batched["tokens"]] == [
+            t["token"] for t in one["scores"][0]["tokens"]
+        ]
+    for one, batched in zip(rnn_alone, rnn_together["predictions"], strict=True):
+        assert abs(one["predictions"][0]["probability"] - batched["probability"]) <= 1e-6
+
+
+def test_large_request_is_split_across_batches_and_reassembled(repository: Path) -> None:
+    images = _images(10, seed=2)
+    settings = settings_for(repository, max_batch_size=4, max_batch_delay_ms=0)
+    with live_server(settings) as url:
+        alone = [
+            httpx.post(f"{url}/v1/models/mnist-mlp/predict", json={"inputs": [im]}).json()
+            for im in images
+        ]
+        before = _metric(
+            httpx.get(f"{url}/metrics").text, "batchserve_batch_size_count", "mnist-mlp"
+        )
+        split = httpx.post(f"{url}/v1/models/mnist-mlp/predict", json={"inputs": images}).json()
+        after = _metric(
+            httpx.get(f"{url}/metrics").text, "batchserve_batch_size_count", "mnist-mlp"
+        )
+    assert after - before == 3  # 4 + 4 + 2
+    for one, part in zip(alone, split["predictions"], strict=True):
+        assert abs(one["predictions"][0]["probability"] - part["probability"]) <= 1e-6
+
+
+def test_queue_full_returns_503_with_retry_after(repository: Path) -> None:
+    settings = settings_for(repository, max_queue_size=4, max_batch_delay_ms=1000, retry_after_s=3)
+    with live_server(settings) as url:
+
+        async def scenario() -> tuple[httpx.Response, httpx.Response]:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                first = asyncio.create_task(
+                    client.post("/v1/models/names-rnn/predict", json={"inputs": NAMES[:4]})
+                )
+                await asyncio.sleep(0.3)  # the first request's 4 items now fill the queue
+                second = await client.post("/v1/models/names-rnn/predict", json={"inputs": ["Kim"]})
+                return await first, second
+
+        first, second = asyncio.run(scenario())
+    assert first.status_code == 200
+    assert second.status_code == 503
+    assert second.headers["retry-after"] == "3"
+    assert "queue" in second.json()["error"]
+
+
+def test_expired_deadline_returns_504_and_skips_the_work(repository: Path) -> None:
+    settings = settings_for(repository, max_batch_delay_ms=300)
+    with live_server(settings) as url:
+        response = httpx.post(
+            f"{url}/v1/models/names-rnn/predict",
+            json={"inputs": ["Kim"]},
+            headers={"X-Request-Timeout-Ms": "20"},
+        )
+        time.sleep(0.5)
+        computed = _metric(httpx.get(f"{url}/metrics").text, "batchserve_items_total", "names-rnn")
+    assert response.status_code == 504
+    assert "deadline" in response.json()["error"]
+    assert computed == 0
+
+
+def test_disconnected_clients_items_are_not_computed(repository: Path) -> None:
+    settings = settings_for(repository, max_batch_delay_ms=500)
+    with live_server(settings) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/models/names-rnn/predict", json={"inputs": NAMES}, timeout=0.1)
+        time.sleep(0.8)  # past the batch delay: the batch would have run by now
+        metrics = httpx.get(f"{url}/metrics").text
+        still_serving = httpx.post(f"{url}/v1/models/names-rnn/predict", json={"inputs": ["Kim"]})
+    assert _metric(metrics, "batchserve_items_total", "names-rnn") == 0
+    assert still_serving.status_code == 200
+
+
+# -- the batcher on its own ----------------------------------------------------------------------
+
+
+def _double_unless_poisoned(items: list[int]) -> list[int]:
+    if any(i < 0 for i in items):
+        raise ValueError("poisoned item")
+    return [2 * i for i in items]
+
+
+async def test_poisoned_item_fails_alone_and_its_neighbours_are_answered() -> None:
+    reports: list[BatchReport] = []
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(
+            _double_unless_poisoned,
+            executor,
+            BatchLimits(max_batch_delay_ms=50),
+            observer=reports.append,
+        )
+        batcher.start()
+        work = batcher.submit([1, 2, -3, 4])
+        results = await asyncio.gather(*(w.future for w in work), return_exceptions=True)
+        await batcher.stop()
+    assert results[:2] == [2, 4] and results[3] == 8
+    assert isinstance(results[2], ItemFailed) and "poisoned" in results[2].message
+    assert reports[0].size == 4 and reports[0].failed_items == 1
+
+
+async def test_wrong_number_of_outputs_is_caught_per_item() -> None:
+    def drops_last(items: list[int]) -> list[int]:
+        return items[:-1] if len(items) > 1 else items
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(drops_last, executor, BatchLimits(max_batch_delay_ms=50))
+        batcher.start()
+        work = batcher.submit([5, 6, 7])
+        results = await asyncio.gather(*(w.future for w in work))
+        await batcher.stop()
+    assert results == [5, 6, 7]  # retried one by one, each answered correctly
+
+
+async def test_token_cap_closes_a_batch_before_a_long_item() -> None:
+    sizes: list[int] = []
+
+    def record(items: list[str]) -> list[int]:
+        sizes.append(len(items))
+        return [len(i) for i in items]
+
+    with ThreadPoolExecutor(1) as executor:
+        limits = BatchLimits(max_batch_delay_ms=50, max_batch_tokens=10)
+        batcher = DynamicBatcher(record, executor, limits, item_tokens=len)
+        batcher.start()
+        work = batcher.submit(["abc", "defg", "x" * 30, "hi"])
+        results = await asyncio.gather(*(w.future for w in work))
+        await batcher.stop()
+    assert results == [3, 4, 30, 2]
+    assert sizes == [2, 1, 1]  # 3+4 fit in 10; the 30-token string runs alone; then "hi"
+
+
+async def test_full_queue_refuses_the_whole_request_at_once() -> None:
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(
+            _double_unless_poisoned,
+            executor,
+            BatchLimits(max_batch_delay_ms=1000, max_queue_size=3),
+        )
+        batcher.start()
+        accepted = batcher.submit([1, 2])
+        with pytest.raises(QueueFull):
+            batcher.submit([3, 4])
+        assert batcher.queued_items == 2  # nothing of the refused request was queued
+        assert await asyncio.gather(*(w.future for w in accepted)) == [2, 4]
+        await batcher.stop()
