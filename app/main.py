@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
 from app import routes_v1
+from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.http import authorize
 from app.middleware import ServiceMiddleware
@@ -51,9 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves them without a CDN
+        redoc_url=None,
     )
     app.state.service = service
     install_error_handlers(app)
+    install_docs(app)
     app.include_router(routes_v1.router)
     _add_metrics_route(app, service)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -62,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=service.metrics,
         max_body_bytes=settings.max_body_bytes,
         log_access=settings.access_log,
+        lifecycle=service.lifecycle,
     )
     return app
 

@@ -12,20 +12,25 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import Metrics
+from app.service import Lifecycle
 
 access_log = logging.getLogger("batchserve.access")
 
 
 class ServiceMiddleware:
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, log_access: bool
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body_bytes: int,
+        log_access: bool,
+        lifecycle: Lifecycle,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.log_access = log_access
-        self.draining = False  # set on SIGTERM: new requests are refused, accepted ones finish
-        self.in_flight = 0
+        self.lifecycle = lifecycle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,16 +56,16 @@ class ServiceMiddleware:
         if refusal is not None:
             await _send_error(send_with_id, *refusal)
         else:
-            self.in_flight += 1
+            self.lifecycle.in_flight += 1
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
-                self.in_flight -= 1
+                self.lifecycle.in_flight -= 1
         self._record(scope, state, status, time.perf_counter() - started)
 
     def _refusal(self, scope: Scope) -> tuple[int, str, str, dict[str, str]] | None:
         path = scope["path"]
-        if self.draining and not path.startswith(("/v2/health", "/metrics")):
+        if self.lifecycle.draining and not path.startswith(("/v2/health", "/metrics")):
             return 503, "the server is shutting down", "shutting_down", {"Connection": "close"}
         length = _header(scope, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):

@@ -3,6 +3,7 @@ descriptions that the metadata endpoints return."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from app.batcher import BatchReport
@@ -13,10 +14,20 @@ from app.settings import Settings
 _STATES = ("loading", "ready", "failed", "unloading", "unavailable")
 
 
+@dataclass
+class Lifecycle:
+    """Shared by the SIGTERM handler, the middleware and the readiness check. It lives here, not on
+    the middleware, because Starlette builds the middleware instances lazily, out of reach."""
+
+    draining: bool = False  # set on SIGTERM: new requests are refused, accepted ones finish
+    in_flight: int = 0
+
+
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.lifecycle = Lifecycle()
         self.registry = ModelRegistry(settings, observer=self._observe_batch)
         self.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
         admin = settings.admin_api_key
@@ -90,4 +101,4 @@ class Service:
                     metrics.model_state.labels(name, entry.version, state).set(entry.state == state)
 
     def ready(self) -> bool:
-        return self.registry.all_ready()
+        return not self.lifecycle.draining and self.registry.all_ready()

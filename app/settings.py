@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long accepted requests get to finish."
     )
+    shutdown_drain_s: float = Field(
+        0.0,
+        ge=0,
+        description="On SIGTERM, how long to answer 503 (readiness false) before the listener "
+        "closes, so load balancers stop routing here first.",
+    )
 
     @field_validator("device")
     @classmethod
