@@ -100,6 +100,13 @@ class DynamicBatcher:
             self._idle.clear()
             await self._idle.wait()
 
+    def discard(self, work: Sequence[WorkItem]) -> None:
+        """Cancel items that have not started and free their queue places at once."""
+        for item in work:
+            if not item.started:
+                item.future.cancel()
+        self._queue = deque(w for w in self._queue if not w.future.done())
+
     def submit(self, payloads: Sequence[Any], deadline: float | None = None) -> list[WorkItem]:
         """Queue the items of one request; all or none: a full queue raises QueueFull at once."""
         limits = self.limits

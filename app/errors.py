@@ -4,6 +4,7 @@ that turns them (and framework errors) into `{"error": ..., "code": ...}` respon
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import orjson
 from fastapi import FastAPI, Request
@@ -92,7 +93,7 @@ class ClientDisconnected(ServiceError):
 
 
 def error_response(
-    status: int, message: str, code: str, headers: dict[str, str] | None = None
+    status: int, message: str, code: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     body = orjson.dumps({"error": message, "code": code})
     return Response(body, status_code=status, headers=headers, media_type="application/json")

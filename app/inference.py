@@ -105,9 +105,8 @@ async def run_items(
     try:
         await _wait(work, ctx)
     finally:
-        for future in futures:
-            if not future.done():
-                future.cancel()  # the batcher skips cancelled items before compute
+        if not all(f.done() for f in futures):
+            batcher.discard(work)  # dropped before compute, and out of the queue's count
     ctx.stats.update(
         items=len(work),
         batch_size=max(w.batch_size for w in work),

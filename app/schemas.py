@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import InvalidInput
 
-_DIGIT = [0.0] * 784  # an all-black image; the OpenAPI example for mnist-mlp
+_DIGIT: list[Any] = [0.0] * 784  # an all-black image; the OpenAPI example for mnist-mlp
 
 
 class ErrorResponse(BaseModel):
