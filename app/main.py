@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
-from app import routes_v1
+from app import routes_v1, routes_v2
 from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.http import authorize
@@ -59,6 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_docs(app)
     app.include_router(routes_v1.router)
+    app.include_router(routes_v2.router)
+    if service.admin_keys:  # without an admin key the control routes do not exist (404)
+        app.include_router(routes_v2.repository_router)
     _add_metrics_route(app, service)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(
@@ -86,7 +89,7 @@ def _openapi(app: FastAPI) -> dict:
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in routes_v1.REQUEST_SCHEMAS:
+        for model in (*routes_v1.REQUEST_SCHEMAS, *routes_v2.REQUEST_SCHEMAS):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model_schema.pop("$defs", {}))
             components[model.__name__] = model_schema

@@ -1,5 +1,7 @@
-"""The model registry: finds `<repository>/<name>/<version>/` checkpoints, loads each onto its
-device with a batcher in front, and hands out ready versions (the newest when none is named)."""
+"""The model registry: loads the versions of `<repository>/<name>/` that each model's version
+policy wants, each onto its device with a batcher in front, and hands out ready versions (the
+newest when none is named). Models can be loaded again (new versions go live, old ones drain and
+are freed) and unloaded while the server runs."""
 
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from typing import Any
 
 import torch
 
+from app import repository
 from app.batcher import BatchLimits, BatchReport, DynamicBatcher
 from app.errors import ModelNotFound, ModelNotReady, ServiceError
+from app.repository import ModelLoadFailed, version_key
 from app.servables import Servable, make_servable
 from app.settings import Settings
 from models.checkpoint import (
@@ -70,10 +74,6 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
-def version_key(version: str) -> tuple[int, str]:
-    return (int(version), version) if version.isdigit() else (-1, version)
-
-
 class ModelRegistry:
     def __init__(
         self,
@@ -85,6 +85,7 @@ class ModelRegistry:
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._unloaded: set[str] = set()  # unloaded on purpose: not counted against readiness
 
     # -- lookup -------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -102,18 +103,14 @@ class ModelRegistry:
     def find(self, name: str, version: str | None = None) -> ModelVersion:
         """The named version, or the newest ready one, in whatever state it is."""
         if version is None:
-            found = self.default_version(name)
-            if found is None:
-                versions = self.versions(name)
-                return versions[-1]
-            return found
-        versions = self._models.get(name)
-        if versions is None:
+            return self.default_version(name) or self.versions(name)[-1]
+        by_version = self._models.get(name)
+        if by_version is None:
             raise ModelNotFound(f"model '{name}' does not exist; known models: {self.names()}")
-        if version not in versions:
-            known = sorted(versions, key=version_key)
+        if version not in by_version:
+            known = sorted(by_version, key=version_key)
             raise ModelNotFound(f"model '{name}' has no version '{version}'; versions: {known}")
-        return versions[version]
+        return by_version[version]
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
         """A version that can serve now."""
@@ -124,47 +121,125 @@ class ModelRegistry:
         return found
 
     def all_ready(self) -> bool:
-        return all(self.default_version(name) is not None for name in self._models)
+        """Every model meant to serve has a ready version (models unloaded on purpose are not)."""
+        return all(
+            self.default_version(name) is not None
+            for name in self._models
+            if name not in self._unloaded
+        )
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every version on disk or in memory, with its state and why it is in it."""
+        rows: dict[tuple[str, str], dict[str, str]] = {}
+        root = self.settings.model_repository
+        for name, versions in repository.scan(root).items():
+            for version, reason in _not_loaded_reasons(root / name, versions).items():
+                rows[name, version] = _index_row(name, version, UNAVAILABLE, reason)
+        for name, entries in self._models.items():
+            for entry in entries.values():
+                rows[name, entry.version] = _index_row(
+                    name, entry.version, entry.state, entry.reason or ""
+                )
+        listed = sorted(rows.values(), key=lambda r: (r["name"], version_key(r["version"])))
+        return [r for r in listed if r["state"] == READY or not ready_only]
 
     # -- loading ------------------------------------------------------------------------------
     def scan(self) -> dict[str, list[str]]:
         """Model names and version directories present in the repository."""
-        found: dict[str, list[str]] = {}
-        root = self.settings.model_repository
-        for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            versions = [v.name for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit()]
-            if versions:
-                found[model_dir.name] = sorted(versions, key=version_key)
-        return found
+        return repository.scan(self.settings.model_repository)
 
     async def load_repository(self) -> None:
-        for name, versions in self.scan().items():
-            for version in versions:
-                await self.load_version(name, version)
+        for name in self.scan():
+            try:
+                await self.load_model(name)
+            except ModelLoadFailed as exc:
+                log.warning("%s", exc.message)
+
+    async def load_model(self, name: str) -> list[ModelVersion]:
+        """Rescan the model's directory and serve what its version policy wants: new versions load
+        beside the serving one, go live when ready, and only then are the versions the policy
+        dropped drained and freed. On any failure nothing that served is taken down."""
+        async with self._lock(name):
+            directory = repository.model_dir(self.settings.model_repository, name)
+            if not directory.is_dir() and name not in self._models:
+                raise ModelNotFound(f"the model repository has no model '{name}'")
+            try:
+                wanted = repository.wanted_versions(directory)
+            except ModelLoadFailed as exc:
+                self._note_failure(name, repository.versions_on_disk(directory), exc.message)
+                raise
+            self._unloaded.discard(name)
+            for version in wanted:
+                if not self._is_ready(name, version):
+                    await self._load_version(name, version)
+            failed = [e for v, e in self._models[name].items() if v in wanted and not e.ready]
+            if failed:
+                reasons = "; ".join(f"version {e.version}: {e.reason}" for e in failed)
+                message = f"model '{name}' failed to load: {reasons}"
+                self._note_failure(name, [], message)
+                raise ModelLoadFailed(message)
+            for entry in self._models[name].values():
+                entry.extra.pop("last_load_error", None)
+            await self._retire(name, keep=set(wanted))
+            return [self._models[name][v] for v in wanted]
 
     async def load_version(self, name: str, version: str) -> ModelVersion:
         """Load one version beside whatever already serves; on failure the others are untouched."""
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            path = self.settings.model_repository / name / version
-            entry = ModelVersion(name, version, path)
-            previous = self._models.setdefault(name, {}).get(version)
-            if previous is None:
-                self._models[name][version] = entry
-            try:
-                await self._load_into(entry)
-            except (CheckpointError, ServiceError, OSError, RuntimeError, ValueError) as exc:
-                entry.state, entry.reason = FAILED, str(exc)
-                log.warning("model %s version %s failed to load: %s", name, version, exc)
-                if previous is not None and previous.ready:
-                    previous.extra["last_load_error"] = str(exc)
-                else:
-                    self._models[name][version] = entry
-                return entry
+        async with self._lock(name):
+            return await self._load_version(name, version)
+
+    async def _load_version(self, name: str, version: str) -> ModelVersion:
+        path = self.settings.model_repository / name / version
+        entry = ModelVersion(name, version, path)
+        previous = self._models.setdefault(name, {}).get(version)
+        if previous is None:
             self._models[name][version] = entry
-            if previous is not None and previous is not entry:
-                await self._release(previous)
+        try:
+            await self._load_into(entry)
+        except (CheckpointError, ServiceError, OSError, RuntimeError, ValueError) as exc:
+            entry.state, entry.reason = FAILED, str(exc)
+            log.warning("model %s version %s failed to load: %s", name, version, exc)
+            if previous is not None and previous.ready:
+                previous.extra["last_load_error"] = str(exc)
+            else:
+                self._models[name][version] = entry
             return entry
+        self._models[name][version] = entry
+        if previous is not None and previous is not entry:
+            await self._release(previous)
+        return entry
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _is_ready(self, name: str, version: str) -> bool:
+        entry = self._models.get(name, {}).get(version)
+        return entry is not None and entry.ready
+
+    def _note_failure(self, name: str, versions: list[str], message: str) -> None:
+        """Say why on the versions that serve on (the metadata shows it) and list versions that
+        never loaded as failed."""
+        entries = self._models.setdefault(name, {}) if versions else self._models.get(name, {})
+        for entry in entries.values():
+            if entry.ready:
+                entry.extra["last_load_error"] = message
+        for version in versions:
+            if version not in entries:
+                path = self.settings.model_repository / name / version
+                entries[version] = ModelVersion(name, version, path, FAILED, message)
+
+    async def _retire(self, name: str, keep: set[str]) -> None:
+        """Drain and free the versions the policy no longer serves; forget those gone from disk."""
+        entries = self._models[name]
+        for version, entry in list(entries.items()):
+            if version in keep:
+                continue
+            if entry.batcher is not None:
+                await self._release(entry)
+            if not entry.path.is_dir():
+                del entries[version]
+            else:
+                entry.state, entry.reason = UNAVAILABLE, "not in the version policy"
 
     async def _load_into(self, entry: ModelVersion) -> None:
         loop = asyncio.get_running_loop()
@@ -230,11 +305,19 @@ class ModelRegistry:
 
     # -- unloading ----------------------------------------------------------------------------
     async def unload_version(self, name: str, version: str) -> None:
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
+        async with self._lock(name):
             entry = self.find(name, version)
             await self._release(entry)
             entry.state, entry.reason = UNAVAILABLE, "unloaded"
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving every version: queued requests finish first, then memory is freed."""
+        async with self._lock(name):
+            for entry in self.versions(name):
+                if entry.batcher is not None:
+                    await self._release(entry)
+                entry.state, entry.reason = UNAVAILABLE, "unloaded"
+            self._unloaded.add(name)
 
     async def _release(self, entry: ModelVersion) -> None:
         """Let queued work finish, then free the model (and its GPU memory)."""
@@ -255,6 +338,20 @@ class ModelRegistry:
                     await self._release(entry)
         for executor in self._executors.values():
             executor.shutdown(wait=True)
+
+
+def _index_row(name: str, version: str, state: str, reason: str) -> dict[str, str]:
+    return {"name": name, "version": version, "state": state, "reason": reason}
+
+
+def _not_loaded_reasons(directory: Path, versions: list[str]) -> dict[str, str]:
+    """Why each version on disk might not be in memory: its policy leaves it out, or it never
+    was loaded."""
+    try:
+        wanted = repository.read_model_settings(directory).version_policy.select(versions)
+    except ModelLoadFailed as exc:
+        return dict.fromkeys(versions, exc.message)
+    return {v: "not loaded" if v in wanted else "not in the version policy" for v in versions}
 
 
 def _inference_call(servable: Servable) -> Callable[[list[Any]], list[Any]]:
