@@ -145,6 +145,19 @@ def _infer_text(url: str, name: str) -> httpx.Response:
     return httpx.post(f"{url}/v2/models/{name}/infer", json={"inputs": [tensor]})
 
 
+def test_a_model_added_to_the_repository_while_serving_can_be_loaded(repository: Path) -> None:
+    parked = repository.parent / "names-rnn"
+    (repository / "names-rnn").rename(parked)
+    with live_server(settings_for(repository, admin_api_key=ADMIN_KEY)) as base:
+        absent = _infer_text(base, "names-rnn")
+        parked.rename(repository / "names-rnn")
+        listed = _index(base)["names-rnn", "1"]
+        loaded = _load(base, "names-rnn")
+        served = _infer_text(base, "names-rnn")
+    assert absent.status_code == 404 and listed["reason"] == "not loaded"
+    assert loaded.status_code == 200 and served.json()["model_version"] == "1"
+
+
 def test_loading_an_unknown_model_is_a_404(url: str) -> None:
     response = _load(url, "no-such-model")
     assert response.status_code == 404 and "no-such-model" in response.json()["error"]

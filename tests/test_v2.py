@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from app.main import create_app
 from tests.conftest import SHIPPED, live_server, settings_for, write_tiny_repository
 
 MODELS = ("mnist-mlp", "names-rnn", "names-lm")
@@ -407,3 +408,16 @@ def test_a_model_that_failed_to_load_makes_the_server_not_ready(tmp_path: Path) 
     assert model.status_code == 400 and model.json()["ready"] is False
     assert "failed" in model.json()["error"]
     assert other.status_code == 200
+
+
+async def test_readiness_is_503_while_the_server_drains_but_liveness_stays(
+    tiny_repository: Path,
+) -> None:
+    app = create_app(settings_for(tiny_repository))
+    app.state.service.lifecycle.draining = True  # what SIGTERM sets
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as asgi:
+        ready = await asgi.get("/v2/health/ready")
+        live = await asgi.get("/v2/health/live")
+    assert ready.status_code == 503 and "shutting down" in ready.json()["error"]
+    assert live.status_code == 200
