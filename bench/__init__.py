@@ -1,0 +1,1 @@
+"""Benchmarks: batchserve against a naive FastAPI baseline and a no-model floor (see README.md)."""

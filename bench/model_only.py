@@ -1,0 +1,90 @@
+"""Model-only throughput: the forward pass in a pure torch loop, in-process, one thread, under
+`torch.inference_mode()`, with the same checkpoints and inputs as the HTTP runs. Items/s here is
+the compute ceiling that no server can beat on one core.
+
+Run: `taskset -c 0 python -m bench.model_only REPOSITORY BODIES_DIR` (prints JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from bench.baseline_app import CLASSIFIER, LANGUAGE_MODEL, newest_version
+from models.checkpoint import TextInput, load_checkpoint
+from models.text import CharVocab, normalize
+
+
+def _items(bodies: Path) -> list[Any]:
+    return [json.loads(line)["inputs"][0] for line in bodies.read_text().splitlines() if line]
+
+
+def _tile(items: list[Any], size: int) -> list[Any]:
+    return [items[i % len(items)] for i in range(size)]
+
+
+def classifier_step(repository: Path, digits: list[list[float]], size: int) -> Callable[[], Any]:
+    model, _ = load_checkpoint(newest_version(repository, CLASSIFIER))
+    x = torch.tensor(_tile(digits, size), dtype=torch.float32)
+    return lambda: torch.softmax(model(x), dim=-1)
+
+
+def scorer_step(repository: Path, names: list[str], size: int) -> Callable[[], Any]:
+    model, config = load_checkpoint(newest_version(repository, LANGUAGE_MODEL))
+    assert isinstance(config.input, TextInput)
+    vocab = CharVocab(config.input.alphabet)
+    encoded = [vocab.encode(normalize(n, config.input.normalize)) for n in _tile(names, size)]
+    inputs = pad_sequence([torch.tensor([vocab.bos, *ids]) for ids in encoded], batch_first=True)
+    targets = pad_sequence([torch.tensor([*ids, vocab.eos]) for ids in encoded], batch_first=True)
+    lengths = torch.tensor([len(ids) + 1 for ids in encoded])
+    return lambda: model(inputs, lengths).gather(2, targets.unsqueeze(-1))
+
+
+def items_per_second(step: Callable[[], Any], size: int, seconds: float) -> dict[str, float]:
+    with torch.inference_mode():
+        for _ in range(20):
+            step()
+        calls, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            for _ in range(10):
+                step()
+            calls += 10
+    return {"items_per_s": calls * size / elapsed, "us_per_batch": elapsed / calls * 1e6}
+
+
+def measure(
+    repository: Path, bodies_dir: Path, batch_sizes: list[int], seconds: float
+) -> list[dict[str, Any]]:
+    torch.set_num_threads(1)
+    digits = _items(bodies_dir / "predict.jsonl")
+    names = _items(bodies_dir / "score.jsonl")
+    rows = []
+    for model, endpoint, make in (
+        (CLASSIFIER, "predict", lambda n: classifier_step(repository, digits, n)),
+        (LANGUAGE_MODEL, "score", lambda n: scorer_step(repository, names, n)),
+    ):
+        for size in batch_sizes:
+            result = items_per_second(make(size), size, seconds)
+            rows.append({"model": model, "endpoint": endpoint, "batch_size": size, **result})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("repository", type=Path)
+    parser.add_argument("bodies_dir", type=Path)
+    parser.add_argument("--batch-sizes", default="1,8,64")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    print(json.dumps(measure(args.repository, args.bodies_dir, sizes, args.seconds)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The markdown report of a benchmark run (bench/RESULTS.md) from its results dictionary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_HOW_TO_READ = """\
+How to read it: each server ran alone on CPU {server_cpu} and wrk on CPU {client_cpu}. `req/s` is
+completed requests per second (one item each); `p50`/`p99` are wrk's latency percentiles;
+`non-2xx` must be 0 and `errors` (socket errors and timeouts) should be 0 for a row to count.
+`CPU` is the server's CPU time over the run (1.00 = the whole core); `other` is CPU time used by
+anything else on the machine (wrk excluded): well above 0 means other work competed and the row
+is not to be trusted. `x baseline` divides the row's req/s by the baseline's at the same
+concurrency. `batch` is batchserve's mean items per
+forward pass during the run (from its /metrics)."""
+
+
+def render(results: dict[str, Any]) -> str:
+    out = ["# batchserve benchmark", ""]
+    out += _machine(results)
+    out += _settings(results)
+    out += _answers(results)
+    for endpoint in results["settings"]["endpoints"]:
+        out += _endpoint_table(results, endpoint)
+    out += _model_only(results)
+    return "\n".join(out) + "\n"
+
+
+def _machine(results: dict[str, Any]) -> list[str]:
+    m = results["machine"]
+    rows = [
+        ("date (UTC)", m["date"]),
+        ("git commit", m["git_commit"]),
+        ("CPU", f"{m['cpu_model']}, {m['cpus']} logical CPUs"),
+        ("load average at start", m["load_average_at_start"]),
+        ("python", m["python"]),
+        *((name, version) for name, version in m["packages"].items()),
+        ("wrk", m["wrk"]),
+    ]
+    return ["## Machine", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), ""]
+
+
+def _settings(results: dict[str, Any]) -> list[str]:
+    s = results["settings"]
+    out = ["## Settings", ""]
+    out.append(
+        f"- {s['duration_s']:g} s per measurement after {s['warmup_s']:g} s of warm-up per "
+        f"server and endpoint; concurrency {', '.join(map(str, s['concurrency']))} "
+        "(`wrk -t1 -cC --latency`, keep-alive connections)."
+    )
+    out.append(f"- Pinning: {s['pinning']}.")
+    out.append(f"- Model repository: `{s['repository']}`.")
+    for name, info in s["checkpoints"].items():
+        metrics = info["metrics"] or "no evaluation metrics in config.json (untrained?)"
+        out.append(f"  - `{name}` version {info['version']}: {metrics}; sha256 {info['sha256']}")
+    for endpoint, info in s["bodies"].items():
+        out.append(f"- `{endpoint}` bodies: {info['note']}, one item per request, rotated.")
+    for server in s["servers"]:
+        out.append(f"- **{server['name']}**: {server['description']}.")
+    if s["batchserve_env"]:
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(s["batchserve_env"].items()))
+        out.append(f"- batchserve settings: {shown}.")
+    return [*out, "", _HOW_TO_READ.format(**s), ""]
+
+
+def _answers(results: dict[str, Any]) -> list[str]:
+    out = ["## Same answers", ""]
+    for server, checks in results["answers"].items():
+        for endpoint, check in checks.items():
+            out.append(f"- {server} `{endpoint}`: {check}")
+    return [*out, ""]
+
+
+def _endpoint_table(results: dict[str, Any], endpoint: str) -> list[str]:
+    rows = [r for r in results["runs"] if r["endpoint"] == endpoint]
+    if not rows:
+        return []
+    baseline = {r["concurrency"]: r["rps"] for r in rows if r["server"] == "baseline"}
+    model = rows[0]["model"]
+    out = [f"## `{endpoint}` on `{model}` (`POST {rows[0]['path']}`)", ""]
+    out.append("| server | concurrency | req/s | p50 ms | p99 ms | non-2xx | errors | CPU | other "
+               "| x baseline | batch |")  # fmt: skip
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        base = baseline.get(r["concurrency"])
+        ratio = f"{r['rps'] / base:.2f}" if base else "-"
+        batch = r.get("batches", {}).get(model, {}).get("mean_batch")
+        out.append(
+            f"| {r['server']} | {r['concurrency']} | {r['rps']:,.0f} "
+            f"| {r['latency_ms']['p50']:.2f} | {r['latency_ms']['p99']:.2f} | {r['non_2xx']} "
+            f"| {r['socket_errors']} | {r['server_cpu']:.2f} | {r['other_cpu']:.2f} | {ratio} "
+            f"| {'-' if batch is None else f'{batch:.1f}'} |"
+        )
+    return [*out, ""]
+
+
+def _model_only(results: dict[str, Any]) -> list[str]:
+    rows = results.get("model_only") or []
+    if not rows:
+        return []
+    out = ["## Model only (the compute ceiling)", ""]
+    out.append("A pure torch loop in one process pinned to one CPU, `torch.set_num_threads(1)`,")
+    out.append("`inference_mode`, the same checkpoints and inputs; no HTTP, no parsing.")
+    out += ["", "| model | batch | items/s | us per forward |", "|---|---:|---:|---:|"]
+    for r in rows:
+        out.append(
+            f"| {r['model']} | {r['batch_size']} | {r['items_per_s']:,.0f} "
+            f"| {r['us_per_batch']:,.1f} |"
+        )
+    return [*out, ""]
