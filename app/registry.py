@@ -121,12 +121,15 @@ class ModelRegistry:
         return found
 
     def all_ready(self) -> bool:
-        """Every model meant to serve has a ready version (models unloaded on purpose are not)."""
-        return all(
-            self.default_version(name) is not None
-            for name in self._models
-            if name not in self._unloaded
-        )
+        return not self.not_ready()
+
+    def not_ready(self) -> list[str]:
+        """Models meant to serve (not unloaded on purpose) that have no ready version."""
+        return [
+            name
+            for name in self.names()
+            if name not in self._unloaded and self.default_version(name) is None
+        ]
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Every version on disk or in memory, with its state and why it is in it."""

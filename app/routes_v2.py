@@ -51,16 +51,14 @@ def _body(schema: type, binary: bool = False, required: bool = True) -> dict[str
     return {"requestBody": {"required": required, "content": content}}
 
 
-router = APIRouter(
-    prefix="/v2",
-    tags=["v2"],
-    responses=_errors({401: "Missing or wrong API key", 404: "Unknown model or version"}),
-)
+router = APIRouter(prefix="/v2", tags=["v2"])
 repository_router = APIRouter(
     prefix="/v2/repository",
     tags=["v2 model repository"],
-    responses=_errors({401: "Missing or wrong admin key", 404: "No such model"}),
+    responses=_errors({400: "Malformed body", 401: "Missing or wrong admin key"}),
 )
+_AUTH = _errors({401: "Missing or wrong API key"})
+_MODEL = _errors({401: "Missing or wrong API key", 404: "Unknown model or version"})
 
 
 def _service(request: Request) -> Service:
@@ -72,7 +70,7 @@ def _service(request: Request) -> Service:
 # -- server -----------------------------------------------------------------------------------
 
 
-@router.get("", response_model=ServerMetadata, summary="Server metadata")
+@router.get("", response_model=ServerMetadata, summary="Server metadata", responses=_AUTH)
 async def server_metadata(request: Request) -> Response:
     service = _service(request)
     extensions = [BINARY_TENSOR_DATA] + ([MODEL_REPOSITORY] if service.admin_keys else [])
@@ -102,15 +100,15 @@ async def ready(request: Request) -> Response:
 def _not_ready_reason(service: Service) -> str:
     if service.lifecycle.draining:
         return "the server is shutting down"
-    registry = service.registry
-    waiting = [n for n in registry.names() if registry.default_version(n) is None]
-    return f"no ready version of: {', '.join(waiting)}"
+    return f"no ready version of: {', '.join(service.registry.not_ready())}"
 
 
 # -- models -----------------------------------------------------------------------------------
 
 
-@router.get("/models/{name}", response_model=ModelMetadataV2, summary="Model metadata")
+@router.get(
+    "/models/{name}", response_model=ModelMetadataV2, summary="Model metadata", responses=_MODEL
+)
 async def model_metadata(name: str, request: Request) -> Response:
     return _metadata(request, name, None)
 
@@ -119,6 +117,7 @@ async def model_metadata(name: str, request: Request) -> Response:
     "/models/{name}/versions/{version}",
     response_model=ModelMetadataV2,
     summary="Model version metadata",
+    responses=_MODEL,
 )
 async def version_metadata(name: str, version: str, request: Request) -> Response:
     return _metadata(request, name, version)
@@ -132,7 +131,8 @@ def _metadata(request: Request, name: str, version: str | None) -> Response:
 
 
 _READY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ModelReadiness, "description": "Known but not ready (the protocol's 4xx)"}
+    **_MODEL,
+    400: {"model": ModelReadiness, "description": "Known but not ready (the protocol's 4xx)"},
 }
 
 
@@ -178,6 +178,7 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
             }
         }
     },
+    **_MODEL,
     **_errors(
         {
             400: "Malformed request, or tensors that do not fit the model (the message says which)",
@@ -273,7 +274,9 @@ async def repository_index(request: Request) -> Response:
     "/models/{name}/load",
     response_model=RepositoryLoadResponse,
     summary="Load new versions of a model (its policy decides which) and retire old ones",
-    responses=_errors({400: "The load failed; what served before still serves"}),
+    responses=_errors(
+        {400: "The load failed; what served before still serves", 404: "No such model"}
+    ),
     openapi_extra=_body(RepositoryControlRequest, required=False),
 )
 async def load_model(name: str, request: Request) -> Response:
@@ -295,6 +298,7 @@ async def load_model(name: str, request: Request) -> Response:
     "/models/{name}/unload",
     response_model=RepositoryUnloadResponse,
     summary="Stop serving a model: queued requests finish, then its memory is freed",
+    responses=_errors({404: "No such model"}),
     openapi_extra=_body(RepositoryControlRequest, required=False),
 )
 async def unload_model(name: str, request: Request) -> Response:
