@@ -262,6 +262,20 @@ def test_unload_and_reload_cycles_do_not_grow_memory(repository: Path) -> None:
     assert grown < 2 * model_bytes, f"RSS grew {grown / 2**20:.0f} MiB over 20 cycles"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_unloading_a_cuda_model_frees_its_gpu_memory(repository: Path) -> None:
+    model_bytes = _write_wide_mlp(repository)
+    settings = settings_for(repository, admin_api_key=ADMIN_KEY, device="cuda")
+    with live_server(settings) as url:
+        assert _infer(url).json()["model_version"] == "1"
+        loaded = torch.cuda.memory_allocated()
+        assert _unload(url, "mnist-mlp").status_code == 200
+        freed = loaded - torch.cuda.memory_allocated()
+        assert _load(url, "mnist-mlp").status_code == 200
+        reloaded = torch.cuda.memory_allocated() - (loaded - freed)
+    assert freed >= model_bytes and reloaded >= model_bytes
+
+
 # -- failed loads ------------------------------------------------------------------------------
 
 
