@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
-from app.errors import MalformedRequest, PayloadTooLarge, Unauthorized
+from app.errors import ClientDisconnected, MalformedRequest, PayloadTooLarge, Unauthorized
 from app.inference import RequestContext
 
 
@@ -26,10 +27,14 @@ def json_response(
 
 
 def authorize(request: Request, keys: list[bytes]) -> None:
+    check_bearer(request.headers.get("authorization"), keys)
+
+
+def check_bearer(header: str | None, keys: list[bytes]) -> None:
     """Bearer auth; keys are compared in constant time and never echoed."""
     if not keys:
         return
-    header = request.headers.get("authorization", "")
+    header = header or ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token:
         supplied = token.strip().encode()
@@ -47,15 +52,24 @@ def authorize(request: Request, keys: list[bytes]) -> None:
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
+    return await receive_body(request.receive, max_bytes)
+
+
+async def receive_body(receive: Receive, max_bytes: int) -> bytes:
     """The body, refused with 413 as soon as it passes `max_bytes` (even without Content-Length)."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("the client disconnected while sending its body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise PayloadTooLarge(f"body: the request body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:
@@ -68,8 +82,16 @@ def parse_json(body: bytes) -> Any:
 
 
 def request_context(request: Request) -> RequestContext:
+    timeout = request.headers.get("x-request-timeout-ms")
+    return make_context(timeout, request.receive, request.scope["state"])
+
+
+def make_context(
+    timeout_ms_header: str | None, receive: Receive, state: dict[str, Any]
+) -> RequestContext:
+    """The deadline from X-Request-Timeout-Ms, and a waiter that completes if the client leaves."""
     deadline = None
-    raw = request.headers.get("x-request-timeout-ms")
+    raw = timeout_ms_header
     if raw is not None:
         try:
             timeout_ms = float(raw)
@@ -80,12 +102,10 @@ def request_context(request: Request) -> RequestContext:
                 "X-Request-Timeout-Ms: expected a positive number of milliseconds below one day"
             )
         deadline = time.monotonic() + timeout_ms / 1000
-    return RequestContext(deadline, _disconnect_waiter(request), stats=request.scope["state"])
+    return RequestContext(deadline, _disconnect_waiter(receive), stats=state)
 
 
-def _disconnect_waiter(request: Request) -> Any:
-    receive = request.receive
-
+def _disconnect_waiter(receive: Receive) -> Any:
     async def wait() -> None:
         # Once the body is read, the next ASGI message is http.disconnect (or nothing).
         while (await receive())["type"] != "http.disconnect":

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from app import routes_v1, routes_v2
 from app.docs import install_docs
 from app.errors import install_error_handlers
+from app.fastpath import FastPath
 from app.http import authorize
 from app.middleware import ServiceMiddleware
 from app.service import Service
@@ -54,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # install_docs serves them without a CDN
         redoc_url=None,
+        # batchserve exports its own Prometheus metrics; no OpenTelemetry work per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.service = service
     install_error_handlers(app)
@@ -64,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(routes_v2.repository_router)
     _add_metrics_route(app, service)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(FastPath, service=service)  # inside ServiceMiddleware: added first
     app.add_middleware(
         ServiceMiddleware,
         metrics=service.metrics,

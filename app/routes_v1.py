@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from app import inference
 from app.http import authorize, json_response, parse_json, read_body, request_context
+from app.inference import RequestContext
 from app.registry import ModelVersion
 from app.schemas import (
     ErrorResponse,
@@ -72,35 +73,46 @@ async def version_metadata(name: str, version: str, request: Request) -> Respons
     return json_response(service.metadata(service.registry.find(name, version)))
 
 
-async def _predict(request: Request, name: str, version: str | None) -> Response:
-    service = _service(request)
-    body = parse_json(await read_body(request, service.settings.max_body_bytes))
-    entry = _entry(request, service, name, version, "predict")
-    inputs, top_k = parse_predict(
-        body, service.settings.max_items_per_request, service.settings.max_top_k
-    )
-    result = await inference.predict(entry, inputs, top_k, request_context(request))
-    return json_response(result)
+async def predict_call(
+    service: Service, name: str, version: str | None, body: bytes, ctx: RequestContext
+) -> dict[str, Any]:
+    """POST .../predict, from raw body to result; shared by the route below and `app.fastpath`."""
+    payload = parse_json(body)
+    entry = _entry(service, ctx, name, version, "predict")
+    settings = service.settings
+    inputs, top_k = parse_predict(payload, settings.max_items_per_request, settings.max_top_k)
+    return await inference.predict(entry, inputs, top_k, ctx)
 
 
-async def _score(request: Request, name: str, version: str | None) -> Response:
-    service = _service(request)
-    body = parse_json(await read_body(request, service.settings.max_body_bytes))
-    entry = _entry(request, service, name, version, "score")
-    kind, items, per_token = parse_score(body, service.settings.max_items_per_request)
-    result = await inference.score(entry, kind, items, per_token, request_context(request))
-    return json_response(result)
+async def score_call(
+    service: Service, name: str, version: str | None, body: bytes, ctx: RequestContext
+) -> dict[str, Any]:
+    """POST .../score, from raw body to result; shared by the route below and `app.fastpath`."""
+    payload = parse_json(body)
+    entry = _entry(service, ctx, name, version, "score")
+    kind, items, per_token = parse_score(payload, service.settings.max_items_per_request)
+    return await inference.score(entry, kind, items, per_token, ctx)
+
+
+CALLS = {"predict": predict_call, "score": score_call}
 
 
 def _entry(
-    request: Request, service: Service, name: str, version: str | None, endpoint: str
+    service: Service, ctx: RequestContext, name: str, version: str | None, endpoint: str
 ) -> ModelVersion:
-    state = request.scope["state"]
-    state["endpoint"] = endpoint
+    ctx.stats["endpoint"] = endpoint
     entry = service.registry.get(name, version)
     # Labelled only once the model is known: unknown names must not grow the metrics' label set.
-    state["model"], state["version"] = entry.name, entry.version
+    ctx.stats["model"], ctx.stats["version"] = entry.name, entry.version
     return entry
+
+
+async def _respond(request: Request, endpoint: str, name: str, version: str | None) -> Response:
+    service = _service(request)
+    body = await read_body(request, service.settings.max_body_bytes)
+    return json_response(
+        await CALLS[endpoint](service, name, version, body, request_context(request))
+    )
 
 
 @router.post(
@@ -110,7 +122,7 @@ def _entry(
     openapi_extra=_body(PredictRequest),
 )
 async def predict(name: str, request: Request) -> Response:
-    return await _predict(request, name, None)
+    return await _respond(request, "predict", name, None)
 
 
 @router.post(
@@ -120,7 +132,7 @@ async def predict(name: str, request: Request) -> Response:
     openapi_extra=_body(PredictRequest),
 )
 async def predict_version(name: str, version: str, request: Request) -> Response:
-    return await _predict(request, name, version)
+    return await _respond(request, "predict", name, version)
 
 
 @router.post(
@@ -130,7 +142,7 @@ async def predict_version(name: str, version: str, request: Request) -> Response
     openapi_extra=_body(ScoreRequest),
 )
 async def score(name: str, request: Request) -> Response:
-    return await _score(request, name, None)
+    return await _respond(request, "score", name, None)
 
 
 @router.post(
@@ -140,7 +152,7 @@ async def score(name: str, request: Request) -> Response:
     openapi_extra=_body(ScoreRequest),
 )
 async def score_version(name: str, version: str, request: Request) -> Response:
-    return await _score(request, name, version)
+    return await _respond(request, "score", name, version)
 
 
 REQUEST_SCHEMAS = (PredictRequest, ScoreRequest)
