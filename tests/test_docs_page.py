@@ -118,6 +118,7 @@ def test_swagger_ui_renders_the_operations_offline(
     paths = re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', dom)
     assert "/v1/models/{name}/predict" in paths
     assert "/v1/models/{name}/score" in paths
+    assert "/v2/models/{name}/infer" in paths
     assert 'class="opblock opblock-post' in dom
     assert not [r for r in dead_proxy.requests if PAGE_ASSETS_ONLINE.search(r)]
 

@@ -127,7 +127,10 @@ def test_sigterm_under_load_answers_every_accepted_request_and_exits_0(server: S
     assert server.process.wait(timeout=60) == 0
 
 
-def test_while_draining_requests_get_503_and_metrics_stay_up(server: Server) -> None:
+def test_while_draining_readiness_is_off_requests_get_503_and_metrics_stay_up(
+    server: Server,
+) -> None:
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
     server.process.send_signal(signal.SIGTERM)
     time.sleep(DRAIN_S / 4)
 
@@ -135,6 +138,8 @@ def test_while_draining_requests_get_503_and_metrics_stay_up(server: Server) -> 
     assert refused.status_code == 503
     assert refused.json()["code"] == "shutting_down"
     assert refused.headers["connection"] == "close"
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
+    assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
     assert httpx.get(f"{server.url}/metrics").status_code == 200
     assert server.process.wait(timeout=60) == 0
     with pytest.raises(httpx.ConnectError):
