@@ -104,19 +104,25 @@ def _field(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "request"
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def service_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServiceError)
-        return error_response(exc.status, exc.message, exc.code, exc.headers)
+def _noted(request: Request, code: str) -> str:
+    # The access log and the rejected-requests metric read the error's code from here.
+    request.scope.setdefault("state", {})["error"] = code
+    return code
 
-    async def validation_error(_: Request, exc: Exception) -> Response:
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def service_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        return error_response(exc.status, exc.message, _noted(request, exc.code), exc.headers)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         problems = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
-        return error_response(422, problems, "invalid_input")
+        return error_response(422, problems, _noted(request, "invalid_input"))
 
-    async def http_error(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        code = "not_found" if exc.status_code == 404 else "http_error"
+        code = _noted(request, "not_found" if exc.status_code == 404 else "http_error")
         return error_response(exc.status_code, str(exc.detail), code, exc.headers)
 
     async def unexpected(request: Request, exc: Exception) -> Response:

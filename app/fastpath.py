@@ -41,6 +41,7 @@ class FastPath:
         self, match: re.Match[str], scope: Scope, receive: Receive, send: Send
     ) -> None:
         name, version, endpoint = match.groups()
+        scope.setdefault("state", {})
         service = self.service
         headers = dict(scope["headers"])
         extra: dict[str, str] = {}
@@ -48,11 +49,12 @@ class FastPath:
             check_bearer(_text(headers.get(b"authorization")), service.api_keys)
             body = await receive_body(receive, service.settings.max_body_bytes)
             timeout = _text(headers.get(b"x-request-timeout-ms"))
-            ctx = make_context(timeout, receive, scope.setdefault("state", {}))
+            ctx = make_context(timeout, receive, scope["state"])
             result = await CALLS[endpoint](service, name, version, body, ctx)
             status, payload = 200, orjson.dumps(result)
         except ServiceError as exc:
             status, extra = exc.status, exc.headers
+            scope["state"]["error"] = exc.code
             payload = orjson.dumps({"error": exc.message, "code": exc.code})
         except Exception as exc:  # a bug; the answer must still be JSON
             log.exception("unhandled error on POST %s", scope["path"])

@@ -3,6 +3,7 @@ log line and the request metrics. Pure ASGI because it sits on the hot path."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -31,13 +32,17 @@ class ServiceMiddleware:
         self.max_body_bytes = max_body_bytes
         self.log_access = log_access
         self.lifecycle = lifecycle
+        # Generated request ids: a random per-process prefix and a counter (uuid4 costs a syscall).
+        self._id_prefix = uuid.uuid4().hex[:12] + "-"
+        self._ids = itertools.count(1)
+        self._series: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        request_id = _header(scope, b"x-request-id") or f"{self._id_prefix}{next(self._ids):x}"
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
@@ -54,6 +59,7 @@ class ServiceMiddleware:
 
         refusal = self._refusal(scope)
         if refusal is not None:
+            state["error"] = refusal[2]
             await _send_error(send_with_id, *refusal)
         else:
             self.lifecycle.in_flight += 1
@@ -81,12 +87,18 @@ class ServiceMiddleware:
         model = state.get("model", "")
         endpoint = state.get("endpoint") or scope["path"]
         if model:
-            self.metrics.requests.labels(
-                model, state.get("version", ""), endpoint, str(status)
-            ).inc()
-            self.metrics.request_seconds.labels(model, endpoint).observe(seconds)
-        if status in _REJECTION_REASONS:
-            self.metrics.rejected.labels(state.get("rejected") or _REJECTION_REASONS[status]).inc()
+            key = (model, state.get("version", ""), endpoint, status)
+            series = self._series.get(key)
+            if series is None:  # labels() takes a lock and builds a tuple; cache the children
+                series = self._series[key] = (
+                    self.metrics.requests.labels(*key[:3], str(status)),
+                    self.metrics.request_seconds.labels(model, endpoint),
+                )
+            series[0].inc()
+            series[1].observe(seconds)
+        if status >= 400 and "error" in state:
+            # The error's code (queue_full, deadline_exceeded, unauthorized, invalid_input, ...).
+            self.metrics.rejected.labels(state["error"]).inc()
         if self.log_access:
             line = {
                 "event": "access",
@@ -101,15 +113,6 @@ class ServiceMiddleware:
 
 
 _LOGGED = ("model", "version", "items", "batch_size", "queue_ms", "compute_ms", "error")
-_REJECTION_REASONS = {
-    401: "auth",
-    403: "auth",
-    413: "body_too_large",
-    422: "validation",
-    400: "validation",
-    503: "queue_full",
-    504: "deadline",
-}
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
