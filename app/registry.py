@@ -329,6 +329,10 @@ class ModelRegistry:
         if entry.batcher is not None:
             await entry.batcher.stop()
         entry.servable, entry.batcher = None, None
+        # The stopped collector task is held until its done-callbacks run on the next loop turn,
+        # and through it the model; collect after that turn, or the (GPU) memory lingers until
+        # some later full collection.
+        await asyncio.sleep(0)
         gc.collect()
         if entry.device and entry.device.startswith("cuda"):
             torch.cuda.empty_cache()

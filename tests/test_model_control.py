@@ -8,6 +8,7 @@ import asyncio
 import json
 import shutil
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import torch
 
+from app.registry import ModelRegistry
 from models.checkpoint import MLPArchitecture, build_model, read_config, save_checkpoint
 from tests.conftest import live_server, settings_for, write_tiny_repository
 
@@ -260,6 +262,16 @@ def test_unload_and_reload_cycles_do_not_grow_memory(repository: Path) -> None:
         grown = _rss_bytes() - before
     # A leaked model per cycle would add 20 x model_bytes (~460 MB); allow two copies of slack.
     assert grown < 2 * model_bytes, f"RSS grew {grown / 2**20:.0f} MiB over 20 cycles"
+
+
+async def test_an_unloaded_model_is_freed_by_the_time_unload_returns(repository: Path) -> None:
+    registry = ModelRegistry(settings_for(repository))
+    await registry.load_repository()
+    model = weakref.ref(registry.get("mnist-mlp").servable.model)  # type: ignore[union-attr]
+    await registry.unload_model("mnist-mlp")
+    freed = model() is None
+    await registry.close()
+    assert freed  # so GPU memory can go back to the driver at once, not at some later gc pass
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
