@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import torch
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from app import routes_v1, routes_v2
 from app.docs import install_docs
@@ -79,7 +79,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _add_metrics_route(app: FastAPI, service: Service) -> None:
-    @app.get("/metrics", include_in_schema=True, tags=["operations"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics(request: Request) -> Response:
         if service.settings.protect_metrics:
             authorize(request, service.api_keys)

@@ -264,6 +264,9 @@ async def _admin(request: Request) -> tuple[Service, dict[str, Any]]:
 )
 async def repository_index(request: Request) -> Response:
     service, body = await _admin(request)
+    unknown = body.keys() - {"ready"}
+    if unknown:
+        raise v2.TensorError(f"body: unknown field(s) {sorted(unknown)}; allowed: ['ready']")
     ready_only = body.get("ready", False)
     if type(ready_only) is not bool:
         raise v2.TensorError("ready: expected true or false")
@@ -281,9 +284,7 @@ async def repository_index(request: Request) -> Response:
 )
 async def load_model(name: str, request: Request) -> Response:
     service, body = await _admin(request)
-    parameters = body.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise v2.TensorError("parameters: expected an object")
+    parameters = _parameters(body)
     overrides = [k for k in parameters if k == "config" or str(k).startswith("file:")]
     if overrides:
         raise ModelLoadFailed(
@@ -302,9 +303,22 @@ async def load_model(name: str, request: Request) -> Response:
     openapi_extra=_body(RepositoryControlRequest, required=False),
 )
 async def unload_model(name: str, request: Request) -> Response:
-    service, _ = await _admin(request)
+    service, body = await _admin(request)
+    _parameters(body)
     await service.registry.unload_model(name)
     return json_response({"name": name, "state": "unavailable"})
+
+
+def _parameters(body: dict[str, Any]) -> dict[str, Any]:
+    unknown = body.keys() - {"parameters"}
+    if unknown:
+        raise v2.TensorError(f"body: unknown field(s) {sorted(unknown)}; allowed: ['parameters']")
+    parameters = body.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise v2.TensorError("parameters: expected an object")
+    return parameters
 
 
 REQUEST_SCHEMAS = (InferRequestV2, RepositoryIndexRequest, RepositoryControlRequest)

@@ -147,7 +147,7 @@ class InferResponseV2(BaseModel):
 
 
 class RepositoryIndexRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"ready": False}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ready": False}]})
     ready: bool = Field(False, description="List only ready versions.")
 
 
@@ -159,7 +159,7 @@ class RepositoryIndexEntry(BaseModel):
 
 
 class RepositoryControlRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}]})
     parameters: dict[str, Any] | None = Field(
         None, description="Accepted; a 'config' override (as Triton takes) is refused with 400."
     )
