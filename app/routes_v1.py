@@ -15,10 +15,12 @@ from app.schemas import (
     ErrorResponse,
     ModelList,
     ModelMetadata,
+    ModelName,
     PredictRequest,
     PredictResponse,
     ScoreRequest,
     ScoreResponse,
+    VersionId,
     parse_predict,
     parse_score,
 )
@@ -60,7 +62,7 @@ async def list_models(request: Request) -> Response:
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, summary="Model metadata")
-async def model_metadata(name: str, request: Request) -> Response:
+async def model_metadata(name: ModelName, request: Request) -> Response:
     service = _service(request)
     return json_response(service.metadata(service.registry.find(name)))
 
@@ -68,7 +70,7 @@ async def model_metadata(name: str, request: Request) -> Response:
 @router.get(
     "/models/{name}/versions/{version}", response_model=ModelMetadata, summary="Version metadata"
 )
-async def version_metadata(name: str, version: str, request: Request) -> Response:
+async def version_metadata(name: ModelName, version: VersionId, request: Request) -> Response:
     service = _service(request)
     return json_response(service.metadata(service.registry.find(name, version)))
 
@@ -121,7 +123,7 @@ async def _respond(request: Request, endpoint: str, name: str, version: str | No
     summary="Classify items",
     openapi_extra=_body(PredictRequest),
 )
-async def predict(name: str, request: Request) -> Response:
+async def predict(name: ModelName, request: Request) -> Response:
     return await _respond(request, "predict", name, None)
 
 
@@ -131,7 +133,7 @@ async def predict(name: str, request: Request) -> Response:
     summary="Classify items with one version",
     openapi_extra=_body(PredictRequest),
 )
-async def predict_version(name: str, version: str, request: Request) -> Response:
+async def predict_version(name: ModelName, version: VersionId, request: Request) -> Response:
     return await _respond(request, "predict", name, version)
 
 
@@ -141,7 +143,7 @@ async def predict_version(name: str, version: str, request: Request) -> Response
     summary="Score strings with a language model",
     openapi_extra=_body(ScoreRequest),
 )
-async def score(name: str, request: Request) -> Response:
+async def score(name: ModelName, request: Request) -> Response:
     return await _respond(request, "score", name, None)
 
 
@@ -151,7 +153,7 @@ async def score(name: str, request: Request) -> Response:
     summary="Score strings with one version",
     openapi_extra=_body(ScoreRequest),
 )
-async def score_version(name: str, version: str, request: Request) -> Response:
+async def score_version(name: ModelName, version: VersionId, request: Request) -> Response:
     return await _respond(request, "score", name, version)
 
 

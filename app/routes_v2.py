@@ -13,7 +13,7 @@ from app import v2
 from app.http import authorize, json_response, parse_json, read_body, request_context
 from app.registry import ModelVersion
 from app.repository import ModelLoadFailed
-from app.schemas import ErrorResponse
+from app.schemas import ErrorResponse, ModelName, VersionId
 from app.schemas_v2 import (
     InferRequestV2,
     InferResponseV2,
@@ -109,7 +109,7 @@ def _not_ready_reason(service: Service) -> str:
 @router.get(
     "/models/{name}", response_model=ModelMetadataV2, summary="Model metadata", responses=_MODEL
 )
-async def model_metadata(name: str, request: Request) -> Response:
+async def model_metadata(name: ModelName, request: Request) -> Response:
     return _metadata(request, name, None)
 
 
@@ -119,7 +119,7 @@ async def model_metadata(name: str, request: Request) -> Response:
     summary="Model version metadata",
     responses=_MODEL,
 )
-async def version_metadata(name: str, version: str, request: Request) -> Response:
+async def version_metadata(name: ModelName, version: VersionId, request: Request) -> Response:
     return _metadata(request, name, version)
 
 
@@ -142,7 +142,7 @@ _READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Model readiness",
     responses=_READY_RESPONSES,
 )
-async def model_ready(name: str, request: Request) -> Response:
+async def model_ready(name: ModelName, request: Request) -> Response:
     return _readiness(request, name, None)
 
 
@@ -152,7 +152,7 @@ async def model_ready(name: str, request: Request) -> Response:
     summary="Model version readiness",
     responses=_READY_RESPONSES,
 )
-async def version_ready(name: str, version: str, request: Request) -> Response:
+async def version_ready(name: ModelName, version: VersionId, request: Request) -> Response:
     return _readiness(request, name, version)
 
 
@@ -198,7 +198,7 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=_INFER_RESPONSES,
     openapi_extra=_body(InferRequestV2, binary=True),
 )
-async def infer(name: str, request: Request) -> Response:
+async def infer(name: ModelName, request: Request) -> Response:
     return await _infer(request, name, None)
 
 
@@ -209,7 +209,7 @@ async def infer(name: str, request: Request) -> Response:
     responses=_INFER_RESPONSES,
     openapi_extra=_body(InferRequestV2, binary=True),
 )
-async def infer_version(name: str, version: str, request: Request) -> Response:
+async def infer_version(name: ModelName, version: VersionId, request: Request) -> Response:
     return await _infer(request, name, version)
 
 
@@ -282,7 +282,7 @@ async def repository_index(request: Request) -> Response:
     ),
     openapi_extra=_body(RepositoryControlRequest, required=False),
 )
-async def load_model(name: str, request: Request) -> Response:
+async def load_model(name: ModelName, request: Request) -> Response:
     service, body = await _admin(request)
     parameters = _parameters(body)
     overrides = [k for k in parameters if k == "config" or str(k).startswith("file:")]
@@ -302,7 +302,7 @@ async def load_model(name: str, request: Request) -> Response:
     responses=_errors({404: "No such model"}),
     openapi_extra=_body(RepositoryControlRequest, required=False),
 )
-async def unload_model(name: str, request: Request) -> Response:
+async def unload_model(name: ModelName, request: Request) -> Response:
     service, body = await _admin(request)
     _parameters(body)
     await service.registry.unload_model(name)
