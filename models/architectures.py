@@ -3,6 +3,8 @@ character RNN classifier, and a character-level recurrent language model."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -22,7 +24,7 @@ class MLP(nn.Module):
     def __init__(self, layer_sizes: list[int], activation: str = "relu") -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(layer_sizes[:-1], layer_sizes[1:])):
+        for i, (n_in, n_out) in enumerate(pairwise(layer_sizes)):
             layers.append(nn.Linear(n_in, n_out))
             if i < len(layer_sizes) - 2:
                 layers.append(ACTIVATIONS[activation]())

@@ -34,7 +34,9 @@ class _Strict(BaseModel):
 
 class MLPArchitecture(_Strict):
     type: Literal["mlp"] = "mlp"
-    layer_sizes: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(min_length=2, max_length=64)
+    layer_sizes: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+        min_length=2, max_length=64
+    )
     activation: Literal["relu", "tanh", "sigmoid", "gelu"] = "relu"
     output: Literal["softmax"] = "softmax"
 
@@ -132,7 +134,9 @@ def build_model(config: ModelConfig) -> nn.Module:
     alphabet_size = len(config.input.alphabet)
     if isinstance(arch, CharRNNArchitecture):
         return CharRNNClassifier(alphabet_size, arch.hidden_size, len(config.labels), arch.cell)
-    return CharLM(alphabet_size + 2, arch.embedding_dim, arch.hidden_size, arch.num_layers, arch.cell)
+    return CharLM(
+        alphabet_size + 2, arch.embedding_dim, arch.hidden_size, arch.num_layers, arch.cell
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -196,7 +200,9 @@ def weights_path(directory: Path, config: ModelConfig) -> Path:
     raise CheckpointError(f"no weights file in {directory} (looked for {', '.join(candidates)})")
 
 
-def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
+def load_checkpoint(
+    directory: Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelConfig]:
     """Read, verify and build a checkpoint; the module is in eval() on `device`."""
     config = read_config(directory)
     _check_parameter_count(config)
@@ -215,7 +221,9 @@ def _check_parameter_count(config: ModelConfig) -> None:
     with torch.device("meta"):
         count = sum(p.numel() for p in build_model(config).parameters())
     if count > MAX_PARAMETERS:
-        raise CheckpointError(f"the config asks for {count:,} parameters (limit {MAX_PARAMETERS:,})")
+        raise CheckpointError(
+            f"the config asks for {count:,} parameters (limit {MAX_PARAMETERS:,})"
+        )
 
 
 def save_checkpoint(directory: Path, model: nn.Module, config: ModelConfig) -> ModelConfig:
