@@ -41,10 +41,11 @@ class BatchReport:
 @dataclass
 class BatchLimits:
     max_batch_size: int = 64
-    max_batch_delay_ms: float = 1.0
+    max_batch_delay_ms: float = 2.0
     max_batch_tokens: int | None = None
     max_queue_size: int = 2048
     retry_after_s: int = 1
+    idle_turns_to_close: int = 4  # 0: always wait the full max_batch_delay_ms
 
 
 class _ItemError:
@@ -142,17 +143,17 @@ class DynamicBatcher:
                 await self._run(loop, batch)
 
     async def _wait_for_batch(self) -> None:
-        """Wait until a full batch is queued or the first item has waited max_batch_delay_ms."""
-        limits = self.limits
-        close_at = self._queue[0].enqueued_at + limits.max_batch_delay_ms / 1000
-        while len(self._queue) < limits.max_batch_size:
-            remaining = close_at - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
+        """Wait until a full batch is queued, the first item has waited max_batch_delay_ms, or
+        (with idle_turns_to_close) arrivals have stopped: that many event-loop turns passed
+        without a new item, so waiting longer would only add latency."""
+        limits, queue = self.limits, self._queue
+        close_at = queue[0].enqueued_at + limits.max_batch_delay_ms / 1000
+        idle_turns = 0
+        while len(queue) < limits.max_batch_size and time.monotonic() < close_at:
+            seen = len(queue)
+            await asyncio.sleep(0)  # one turn: request handlers that are ready submit their items
+            idle_turns = idle_turns + 1 if len(queue) == seen else 0
+            if idle_turns == limits.idle_turns_to_close:
                 return
 
     def _take_batch(self) -> list[WorkItem]:

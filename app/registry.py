@@ -290,6 +290,7 @@ class ModelRegistry:
             else None,
             max_queue_size=s.max_queue_size,
             retry_after_s=s.retry_after_s,
+            idle_turns_to_close=s.batch_idle_turns,
         )
 
     def _batch_observer(self, entry: ModelVersion) -> Callable[[BatchReport], None] | None:

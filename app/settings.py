@@ -31,7 +31,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
     max_batch_size: int = Field(64, ge=1, le=65536, description="Most items in one forward pass.")
     max_batch_delay_ms: float = Field(
-        1.0, ge=0, le=10_000, description="Longest wait for more items after a batch's first item."
+        2.0, ge=0, le=10_000, description="Longest wait for more items after a batch's first item."
+    )
+    batch_idle_turns: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        description="Close a batch before max_batch_delay_ms once this many event-loop turns "
+        "bring no new item (arrivals stopped); 0 always waits the full delay.",
     )
     max_batch_tokens: int = Field(
         8192, ge=1, description="Most characters in one batch of a text model (caps long strings)."

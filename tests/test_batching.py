@@ -41,7 +41,7 @@ async def _post_all(url: str, path: str, bodies: list[dict]) -> list[httpx.Respo
 
 
 def test_concurrent_requests_share_one_forward_pass(repository: Path) -> None:
-    settings = settings_for(repository, max_batch_delay_ms=200, max_batch_size=64)
+    settings = settings_for(repository, max_batch_delay_ms=200, batch_idle_turns=0)
     with live_server(settings) as url:
         bodies = [{"inputs": [image]} for image in _images(16)]
         responses = asyncio.run(_post_all(url, "/v1/models/mnist-mlp/predict", bodies))
@@ -130,7 +130,9 @@ def test_large_request_is_split_across_batches_and_reassembled(repository: Path)
 
 
 def test_queue_full_returns_503_with_retry_after(repository: Path) -> None:
-    settings = settings_for(repository, max_queue_size=4, max_batch_delay_ms=1000, retry_after_s=3)
+    settings = settings_for(
+        repository, max_queue_size=4, max_batch_delay_ms=1000, batch_idle_turns=0, retry_after_s=3
+    )
     with live_server(settings) as url:
 
         async def scenario() -> tuple[httpx.Response, httpx.Response]:
@@ -150,7 +152,7 @@ def test_queue_full_returns_503_with_retry_after(repository: Path) -> None:
 
 
 def test_expired_deadline_returns_504_and_skips_the_work(repository: Path) -> None:
-    settings = settings_for(repository, max_batch_delay_ms=300)
+    settings = settings_for(repository, max_batch_delay_ms=300, batch_idle_turns=0)
     with live_server(settings) as url:
         response = httpx.post(
             f"{url}/v1/models/names-rnn/predict",
@@ -165,7 +167,7 @@ def test_expired_deadline_returns_504_and_skips_the_work(repository: Path) -> No
 
 
 def test_disconnected_clients_items_are_not_computed(repository: Path) -> None:
-    settings = settings_for(repository, max_batch_delay_ms=500)
+    settings = settings_for(repository, max_batch_delay_ms=500, batch_idle_turns=0)
     with live_server(settings) as url:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{url}/v1/models/names-rnn/predict", json={"inputs": NAMES}, timeout=0.1)
@@ -248,3 +250,36 @@ async def test_full_queue_refuses_the_whole_request_at_once() -> None:
         assert batcher.queued_items == 2  # nothing of the refused request was queued
         assert await asyncio.gather(*(w.future for w in accepted)) == [2, 4]
         await batcher.stop()
+
+
+async def test_a_batch_closes_early_once_arrivals_stop() -> None:
+    # The delay is an upper bound: with nothing else arriving, the lone item runs at once.
+    with ThreadPoolExecutor(1) as executor:
+        limits = BatchLimits(max_batch_delay_ms=600_000, idle_turns_to_close=4)
+        batcher = DynamicBatcher(_double_unless_poisoned, executor, limits)
+        batcher.start()
+        work = batcher.submit([21])
+        assert await asyncio.wait_for(work[0].future, timeout=60) == 42
+        await batcher.stop()
+
+
+async def test_a_batch_keeps_collecting_while_items_keep_arriving() -> None:
+    sizes: list[int] = []
+
+    def record(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        return items
+
+    with ThreadPoolExecutor(1) as executor:
+        limits = BatchLimits(max_batch_delay_ms=600_000, idle_turns_to_close=4)
+        batcher = DynamicBatcher(record, executor, limits)
+        batcher.start()
+        work = batcher.submit([0])
+        for i in range(1, 6):  # one new item every other loop turn: never 4 idle turns
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            work += batcher.submit([i])
+        results = await asyncio.wait_for(asyncio.gather(*(w.future for w in work)), timeout=60)
+        await batcher.stop()
+    assert results == list(range(6))
+    assert sizes == [6]

@@ -100,14 +100,16 @@ def secured_server(repository: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def busy_server(repository: Path) -> Iterator[str]:
     """One item fits in the queue and waits 400 ms there: a burst of calls overflows it."""
-    with _live_server(repository, max_queue_size=1, max_batch_delay_ms=400, retry_after_s=1) as url:
+    with _live_server(
+        repository, max_queue_size=1, max_batch_delay_ms=400, batch_idle_turns=0, retry_after_s=1
+    ) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def slow_server(repository: Path) -> Iterator[str]:
     """Each item waits 400 ms in the queue for company before its batch starts."""
-    with _live_server(repository, max_batch_delay_ms=400) as url:
+    with _live_server(repository, max_batch_delay_ms=400, batch_idle_turns=0) as url:
         yield url
 
 
