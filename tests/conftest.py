@@ -101,7 +101,8 @@ def live_server(settings: Settings) -> Iterator[str]:
 
 
 def settings_for(repository: Path, **overrides: object) -> Settings:
-    return Settings(model_repository=repository, access_log=False, **overrides)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"access_log": False, **overrides}
+    return Settings(model_repository=repository, **fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
