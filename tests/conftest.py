@@ -71,26 +71,18 @@ def tiny_repository(tmp_path: Path) -> Path:
     return write_tiny_repository(tmp_path / "repository")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def live_server(settings: Settings) -> Iterator[str]:
-    """The real app under uvicorn in a background thread; yields its base URL."""
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    """The real app under uvicorn in a background thread; yields its base URL. The socket is
+    bound here, before the server starts, so no other process can take the port in between."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve([sock])), daemon=True)
     thread.start()
     try:
-        for _ in range(600):
-            if server.started or not thread.is_alive():
-                break
+        while not server.started and thread.is_alive():
             threading.Event().wait(0.05)
         if not server.started:
             raise RuntimeError("the test server did not start")
@@ -98,6 +90,7 @@ def live_server(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        sock.close()
 
 
 def settings_for(repository: Path, **overrides: object) -> Settings:

@@ -5,84 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import string
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import torch
-import uvicorn
 
 from app.client import AsyncClient, BatchserveError, Client, PredictResult, ScoreResult
-from app.main import create_app
-from app.settings import Settings
-from models.checkpoint import (
-    CharLMArchitecture,
-    MLPArchitecture,
-    ModelConfig,
-    TextInput,
-    VectorInput,
-    build_model,
-    save_checkpoint,
-)
+from tests.conftest import live_server, settings_for, write_tiny_repository
 
 API_KEY = "test-key-123"
 DIGIT = [0.5] * 784
 BURST = 4  # concurrent calls at a server whose queue holds one item
 
 
-def _tiny_configs() -> list[ModelConfig]:
-    return [
-        ModelConfig(
-            name="mnist-mlp",
-            task="classify",
-            architecture=MLPArchitecture(layer_sizes=[784, 8, 10]),
-            input=VectorInput(shape=[784], minimum=0.0, maximum=1.0),
-            labels=[str(i) for i in range(10)],
-        ),
-        ModelConfig(
-            name="names-lm",
-            task="score",
-            architecture=CharLMArchitecture(embedding_dim=4, hidden_size=8),
-            input=TextInput(alphabet=string.ascii_letters, max_length=24),
-        ),
-    ]
-
-
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("repository")
-    torch.manual_seed(0)
-    for config in _tiny_configs():
-        save_checkpoint(root / config.name / "1", build_model(config), config)
-    return root
+    return write_tiny_repository(tmp_path_factory.mktemp("client") / "repository")
 
 
-@contextmanager
-def _live_server(repository: Path, **overrides: Any) -> Iterator[str]:
-    """The real app under uvicorn in a background thread, on a free loopback port."""
-    settings = Settings(model_repository=repository, device="cpu", access_log=False, **overrides)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve([sock])), daemon=True)
-    thread.start()
-    try:
-        while not server.started and thread.is_alive():
-            threading.Event().wait(0.05)
-        assert server.started, "the test server did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+def _live_server(repository: Path, **overrides: Any) -> AbstractContextManager[str]:
+    return live_server(settings_for(repository, device="cpu", **overrides))
 
 
 @pytest.fixture(scope="module")
