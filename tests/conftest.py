@@ -71,6 +71,13 @@ def tiny_repository(tmp_path: Path) -> Path:
     return write_tiny_repository(tmp_path / "repository")
 
 
+def free_port() -> int:
+    """A loopback port free now, for servers started as their own process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextmanager
 def live_server(settings: Settings) -> Iterator[str]:
     """The real app under uvicorn in a background thread; yields its base URL. The socket is

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import _free_port, write_tiny_repository
+from tests.conftest import free_port, write_tiny_repository
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 16
@@ -44,7 +44,7 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "BATCHSERVE_MODEL_REPOSITORY": str(write_tiny_repository(tmp_path / "repository")),
