@@ -4,7 +4,6 @@ retries on a real full-queue 503, deadlines and connection errors, for both sync
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from app.client import AsyncClient, BatchserveError, Client, PredictResult, ScoreResult
-from tests.conftest import live_server, settings_for, write_tiny_repository
+from tests.conftest import free_port, live_server, settings_for, write_tiny_repository
 
 API_KEY = "test-key-123"
 DIGIT = [0.5] * 784
@@ -57,12 +56,6 @@ def slow_server(repository: Path) -> Iterator[str]:
     """Each item waits 400 ms in the queue for company before its batch starts."""
     with _live_server(repository, max_batch_delay_ms=400, batch_idle_turns=0) as url:
         yield url
-
-
-def _unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- typed results ----------------------------------------------------------------------------
@@ -244,7 +237,7 @@ def test_client_timeout_is_sent_as_the_deadline(slow_server: str) -> None:
 
 
 def test_connection_errors_are_retried_then_raised() -> None:
-    url = f"http://127.0.0.1:{_unused_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with Client(url, max_retries=2, backoff_s=0.001) as client:
         with pytest.raises(BatchserveError) as error:
             client.models()
