@@ -85,7 +85,7 @@ class VectorClassifier(Servable):
             raise InvalidInput(f"{field}: expected {self.shapes_text}, got {_json_type(raw)}")
         wrong = _element_types(raw) - {float, int}
         if wrong:
-            found = ", ".join(sorted(_json_type_name(t) for t in wrong))
+            found = ", ".join(sorted(json_type_name(t) for t in wrong))
             raise InvalidInput(f"{field}: expected {self.shapes_text}; found {found}")
         try:
             with np.errstate(over="ignore"):  # overflow to inf is reported as "not finite"
@@ -244,9 +244,9 @@ _JSON_TYPES: dict[type, str] = {
 }
 
 
-def _json_type_name(kind: type) -> str:
+def json_type_name(kind: type) -> str:
     return _JSON_TYPES.get(kind, kind.__name__)
 
 
 def _json_type(value: Any) -> str:
-    return _json_type_name(type(value))
+    return json_type_name(type(value))

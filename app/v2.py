@@ -17,7 +17,7 @@ from app.errors import InvalidInput, ModelNotReady
 from app.http import parse_json
 from app.inference import RequestContext, run_items
 from app.registry import ModelVersion
-from app.servables import TokenScores
+from app.servables import TokenScores, json_type_name
 from models.checkpoint import ModelConfig, TextInput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -224,7 +224,7 @@ def _from_json(data: Any, datatype: str, shape: list[int], label: str) -> Any:
     allowed = {str} if datatype == BYTES else {int, float}
     wrong = set(map(type, flat)) - allowed
     if wrong:
-        found = ", ".join(sorted(_JSON_NAMES.get(t, t.__name__) for t in wrong))
+        found = ", ".join(sorted(json_type_name(t) for t in wrong))
         kind = "strings" if datatype == BYTES else "numbers"
         raise TensorError(f"{label}: {datatype} data must be {kind}; found {found}")
     return flat
@@ -410,14 +410,3 @@ def _to_binary(values: Any, datatype: str) -> bytes:
         encoded = [v.encode("utf-8") for v in values]
         return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
     return np.ascontiguousarray(values, dtype=_LITTLE_ENDIAN[datatype]).tobytes()
-
-
-_JSON_NAMES: dict[type, str] = {
-    dict: "an object",
-    list: "an array",
-    str: "a string",
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-    type(None): "null",
-}
