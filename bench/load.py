@@ -8,6 +8,7 @@ import re
 import resource
 import subprocess
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,20 @@ _MARK = "BENCH_JSON "
 
 
 def run_wrk(
-    url: str, bodies: str, concurrency: int, duration_s: float, cpu: str | None
+    url: str,
+    bodies: str,
+    concurrency: int,
+    duration_s: float,
+    cpu: str | None,
+    script: Path = LUA,
+    script_args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """One wrk run: -t1 (wrk has one core), -c`concurrency` keep-alive connections."""
+    """One wrk run: -t1 (wrk has one core), -c`concurrency` keep-alive connections. `script`
+    gets `bodies` and then `script_args` after `--`; it must print post.lua's BENCH_JSON line."""
     pin = ["taskset", "-c", cpu] if cpu is not None else []
     command = [*pin, "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s"]
-    command += ["--timeout", "10s", "--latency", "-s", str(LUA), url, "--", bodies]
+    command += ["--timeout", "10s", "--latency", "-s", str(script), url, "--", bodies]
+    command += script_args
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -39,7 +48,7 @@ def _summarise(raw: dict[str, Any], wrk_cpu_s: float) -> dict[str, Any]:
     statuses = {int(k): v for k, v in raw["statuses"].items()}
     errors = raw["errors"]
     duration = raw["duration_s"]
-    return {
+    summary = {
         "requests": raw["requests"],
         "duration_s": duration,
         "rps": raw["requests"] / duration if duration else 0.0,
@@ -50,16 +59,27 @@ def _summarise(raw: dict[str, Any], wrk_cpu_s: float) -> dict[str, Any]:
         "errors": errors,
         "client_cpu": wrk_cpu_s / duration if duration else 0.0,
     }
+    if raw.get("extra"):  # what a script built on post.lua adds (bench/overload.lua)
+        summary["extra"] = raw["extra"]
+    return summary
 
 
 def measure(
-    server: Server, path: str, bodies: str, concurrency: int, duration_s: float, cpu: str | None
+    server: Server,
+    path: str,
+    bodies: str,
+    concurrency: int,
+    duration_s: float,
+    cpu: str | None,
+    script: Path = LUA,
+    script_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """wrk against `server`, plus the server's CPU use and (for batchserve) its batch sizes."""
     scrape = server.spec.name == "batchserve"
     metrics_before = batch_metrics(server) if scrape else {}
     cpu_before, busy_before = server.cpu_seconds(), busy_cpu_seconds()
-    result = run_wrk(server.base_url + path, bodies, concurrency, duration_s, cpu)
+    url = server.base_url + path
+    result = run_wrk(url, bodies, concurrency, duration_s, cpu, script, script_args)
     seconds = result["duration_s"]
     result["server_cpu"] = (server.cpu_seconds() - cpu_before) / seconds
     # CPU used by anything but the server and wrk: other work on the machine skews the numbers.

@@ -1,6 +1,8 @@
 -- wrk script: POST a rotating set of JSON bodies (one per line of the file given after `--`),
 -- count response statuses, and print one machine-readable line when done:
 --   BENCH_JSON {"requests": ..., "duration_s": ..., "latency_ms": {...}, "statuses": {...}, ...}
+-- A script that loads this one with dofile may define extra_json(threads), returning a JSON
+-- object as a string, to add its own counts to that line as "extra" (bench/overload.lua does).
 
 local requests = {}
 local index = 0
@@ -48,12 +50,14 @@ function done(summary, latency, _)
     pct[#pct + 1] = string.format('"p%s": %.4f', tostring(p), latency:percentile(p) / 1000)
   end
   local e = summary.errors
+  local extra = type(extra_json) == "function" and extra_json(threads) or "{}"
   io.write(string.format(
     'BENCH_JSON {"requests": %d, "duration_s": %.6f, "bytes": %d, '
       .. '"latency_ms": {%s, "mean": %.4f, "max": %.4f}, "statuses": {%s}, '
-      .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}}\n',
+      .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
+      .. '"extra": %s}\n',
     summary.requests, summary.duration / 1e6, summary.bytes,
     table.concat(pct, ", "), latency.mean / 1000, latency.max / 1000, table.concat(parts, ", "),
-    e.connect, e.read, e.write, e.status, e.timeout
+    e.connect, e.read, e.write, e.status, e.timeout, extra
   ))
 end
