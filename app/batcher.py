@@ -70,6 +70,9 @@ class DynamicBatcher:
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
     _in_flight: int = field(default=0, init=False)
+    # Seconds from a batch's dispatch until its answers are set, smoothed; it includes the event
+    # loop's delay in picking the results up, which is what grows under overload.
+    _turnaround_s: float = field(default=0.0, init=False)
     _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     @property
@@ -108,17 +111,34 @@ class DynamicBatcher:
                 item.future.cancel()
         self._queue = deque(w for w in self._queue if not w.future.done())
 
-    def submit(self, payloads: Sequence[Any], deadline: float | None = None) -> list[WorkItem]:
-        """Queue the items of one request; all or none: a full queue raises QueueFull at once."""
+    def check_room(self, items: int = 1, deadline: float | None = None) -> None:
+        """Raise QueueFull unless `items` more fit, and, for a request with a deadline, unless
+        they can be expected to be answered by then (otherwise they would be computed for a
+        client that has given up). Called before a body is parsed too: under overload,
+        refusing costs microseconds instead of a full parse."""
         limits = self.limits
         if self._task is None:
             raise ModelNotReady("this model version is not accepting work (it is being unloaded)")
-        if len(self._queue) + len(payloads) > limits.max_queue_size:
+        queued = len(self._queue)
+        if queued + items > limits.max_queue_size:
             raise QueueFull(
-                f"the queue of this model is full ({len(self._queue)} of {limits.max_queue_size} "
+                f"the queue of this model is full ({queued} of {limits.max_queue_size} "
                 "items waiting); retry later",
                 headers={"Retry-After": str(limits.retry_after_s)},
             )
+        if deadline is not None and self._turnaround_s:
+            batches = (queued + items) // limits.max_batch_size + 1 + (self._in_flight > 0)
+            expected_s = batches * self._turnaround_s
+            if time.monotonic() + expected_s > deadline:
+                raise QueueFull(
+                    f"the expected wait ({expected_s * 1000:.0f} ms for {queued} queued items) "
+                    "exceeds the request's deadline (X-Request-Timeout-Ms); retry later",
+                    headers={"Retry-After": str(limits.retry_after_s)},
+                )
+
+    def submit(self, payloads: Sequence[Any], deadline: float | None = None) -> list[WorkItem]:
+        """Queue the items of one request; all or none: a full queue raises QueueFull at once."""
+        self.check_room(len(payloads), deadline)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         work = [
@@ -182,12 +202,11 @@ class DynamicBatcher:
         self._in_flight = len(batch)
         started = time.monotonic()
         try:
-            outputs = await loop.run_in_executor(
+            outputs, compute_s = await loop.run_in_executor(
                 self.executor, _run_isolating_failures, self.run_batch, [w.payload for w in batch]
             )
         finally:
             self._in_flight = 0
-        compute_s = time.monotonic() - started
         failed = 0
         for item, output in zip(batch, outputs, strict=True):
             item.batch_size, item.queue_s, item.compute_s = (
@@ -204,6 +223,8 @@ class DynamicBatcher:
                 )
             else:
                 item.future.set_result(output)
+        turnaround_s = time.monotonic() - started
+        self._turnaround_s += 0.2 * (turnaround_s - self._turnaround_s)
         if self.observer is not None:
             queue_s = [w.queue_s for w in batch]
             tokens = sum(w.tokens for w in batch)
@@ -214,6 +235,16 @@ _DEADLINE_MESSAGE = "the request's deadline (X-Request-Timeout-Ms) passed before
 
 
 def _run_isolating_failures(
+    run_batch: Callable[[list[Any]], Sequence[Any]], payloads: list[Any]
+) -> tuple[list[Any], float]:
+    """The outputs and the seconds they took, timed here on the inference thread so that the
+    event loop's delay in picking the result up is not counted as compute."""
+    started = time.monotonic()
+    outputs = _outputs_isolating_failures(run_batch, payloads)
+    return outputs, time.monotonic() - started
+
+
+def _outputs_isolating_failures(
     run_batch: Callable[[list[Any]], Sequence[Any]], payloads: list[Any]
 ) -> list[Any]:
     """Run the batch; if it raises (or answers the wrong number of outputs), run its items one

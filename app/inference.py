@@ -31,6 +31,14 @@ class RequestContext:
     stats: dict[str, Any] = field(default_factory=dict)  # for the access log
 
 
+def check_room(entry: ModelVersion, ctx: RequestContext) -> None:
+    """Refuse (503) before the body is parsed when the model's queue is full, or too long for
+    the request's deadline."""
+    if entry.batcher is None:
+        raise ModelNotReady(f"model '{entry.name}' version '{entry.version}' is {entry.state}")
+    entry.batcher.check_room(1, ctx.deadline)
+
+
 def _servable(entry: ModelVersion, task: str) -> Any:
     servable, batcher = entry.servable, entry.batcher
     if servable is None or batcher is None:

@@ -12,6 +12,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import routes_v1, routes_v2
 from app.docs import install_docs
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await service.registry.close()
 
-    app = FastAPI(
+    app = BatchserveApp(
         title="batchserve",
         version="0.1.0",
         description=DESCRIPTION,
@@ -67,15 +68,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(routes_v2.repository_router)
     _add_metrics_route(app, service)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(FastPath, service=service)  # inside ServiceMiddleware: added first
-    app.add_middleware(
-        ServiceMiddleware,
+    app.front = ServiceMiddleware(
+        FastPath(app.call_fastapi, service),
         metrics=service.metrics,
         max_body_bytes=settings.max_body_bytes,
         log_access=settings.access_log,
         lifecycle=service.lifecycle,
     )
     return app
+
+
+class BatchserveApp(FastAPI):
+    """FastAPI behind batchserve's own two ASGI layers: request accounting (ServiceMiddleware)
+    and the hot predict/score endpoints (FastPath) run before FastAPI's middleware stack, so a
+    request that FastPath answers (or a 503 under overload) costs no FastAPI work at all."""
+
+    front: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.front(scope, receive, send)
+
+    async def call_fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
 
 
 def _add_metrics_route(app: FastAPI, service: Service) -> None:

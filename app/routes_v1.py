@@ -79,8 +79,9 @@ async def predict_call(
     service: Service, name: str, version: str | None, body: bytes, ctx: RequestContext
 ) -> dict[str, Any]:
     """POST .../predict, from raw body to result; shared by the route below and `app.fastpath`."""
-    payload = parse_json(body)
     entry = _entry(service, ctx, name, version, "predict")
+    inference.check_room(entry, ctx)
+    payload = parse_json(body)
     settings = service.settings
     inputs, top_k = parse_predict(payload, settings.max_items_per_request, settings.max_top_k)
     return await inference.predict(entry, inputs, top_k, ctx)
@@ -90,8 +91,9 @@ async def score_call(
     service: Service, name: str, version: str | None, body: bytes, ctx: RequestContext
 ) -> dict[str, Any]:
     """POST .../score, from raw body to result; shared by the route below and `app.fastpath`."""
-    payload = parse_json(body)
     entry = _entry(service, ctx, name, version, "score")
+    inference.check_room(entry, ctx)
+    payload = parse_json(body)
     kind, items, per_token = parse_score(payload, service.settings.max_items_per_request)
     return await inference.score(entry, kind, items, per_token, ctx)
 

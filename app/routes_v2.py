@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from app import v2
+from app import inference, v2
 from app.http import authorize, json_response, parse_json, read_body, request_context
 from app.registry import ModelVersion
 from app.repository import ModelLoadFailed
@@ -220,9 +220,11 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     # No await between choosing the version and queueing on it: a swap to a newer version
     # cannot slip in between, so a request never lands on a version being drained.
     entry = _entry(request, service, name, version)
+    ctx = request_context(request)
+    inference.check_room(entry, ctx)
     tensors = v2.signature(entry.config)  # type: ignore[arg-type]
     decoded = v2.decode_request(header, binary, tensors, service.settings.max_items_per_request)
-    outputs = await v2.infer(entry, decoded, request_context(request))
+    outputs = await v2.infer(entry, decoded, ctx)
     content, header_length = v2.encode_response(entry, decoded, outputs, tensors)
     if header_length is None:
         return Response(content, media_type="application/json")

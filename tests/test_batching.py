@@ -283,3 +283,19 @@ async def test_a_batch_keeps_collecting_while_items_keep_arriving() -> None:
         await batcher.stop()
     assert results == list(range(6))
     assert sizes == [6]
+
+
+async def test_a_request_whose_deadline_the_queue_cannot_meet_is_refused_at_once() -> None:
+    def slow(items: list[int]) -> list[int]:
+        time.sleep(0.2)  # a model whose batches take 200 ms
+        return items
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(slow, executor, BatchLimits(max_batch_delay_ms=0))
+        batcher.start()
+        await batcher.submit([1])[0].future  # one batch teaches it how long batches take
+        with pytest.raises(QueueFull, match="expected wait"):
+            batcher.submit([2], deadline=time.monotonic() + 0.02)
+        assert batcher.queued_items == 0
+        assert await batcher.submit([3], deadline=time.monotonic() + 30)[0].future == 3
+        await batcher.stop()
