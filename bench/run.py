@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(results, indent=2) + "\n")
-    args.out.write_text(report.render(results))
+    args.out.write_text(report.render(results) + _overload_section(args.out))
     print(f"\nwrote {args.out} and {args.json_out}\n")
     print(report.render(results))
     return 0
@@ -369,6 +369,15 @@ def profile(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | N
     print(f"\nwrote {args.profile_out} (open it in https://www.speedscope.app)\n")
     print(speedscope.render(summary))
     return 0
+
+
+def _overload_section(path: Path) -> str:
+    """The block that bench/overload.py keeps in the same file, carried over unchanged."""
+    from bench.overload import END_MARK, START_MARK
+
+    old = path.read_text() if path.exists() else ""
+    start, end = old.find(START_MARK), old.find(END_MARK)
+    return "\n" + old[start : end + len(END_MARK)] + "\n" if start != -1 and end > start else ""
 
 
 if __name__ == "__main__":
