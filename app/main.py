@@ -18,6 +18,7 @@ from app import routes_v1, routes_v2
 from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.fastpath import FastPath
+from app.health import HealthServer
 from app.http import authorize
 from app.middleware import ServiceMiddleware
 from app.service import Service
@@ -40,6 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
+        health = None
+        if settings.health_port is not None:
+            health = HealthServer(service, settings.host, settings.health_port)
+            health.start()
+            app.state.health_port = health.port
         await service.registry.load_repository()
         # Start-up leaves ~10^5 long-lived objects (torch, pydantic, FastAPI); freezing them keeps
         # the collector's full passes from walking them again during serving.
@@ -48,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("serving models: %s", ", ".join(service.registry.names()) or "none")
         yield
         await service.registry.close()
+        if health is not None:
+            health.stop()
 
     app = BatchserveApp(
         title="batchserve",

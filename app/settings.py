@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 only inside a container.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Also serve /v2/health/live and /ready on this port, from a thread of their "
+        "own, so probes stay prompt when the main port is flooded; unset = off.",
+    )
     max_batch_size: int = Field(64, ge=1, le=65536, description="Most items in one forward pass.")
     max_batch_delay_ms: float = Field(
         2.0, ge=0, le=10_000, description="Longest wait for more items after a batch's first item."
