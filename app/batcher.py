@@ -40,7 +40,7 @@ class BatchReport:
 
 @dataclass
 class BatchLimits:
-    max_batch_size: int = 64
+    max_batch_size: int = 256
     max_batch_delay_ms: float = 2.0
     max_batch_tokens: int | None = None
     max_queue_size: int = 2048

@@ -36,7 +36,12 @@ class Settings(BaseSettings):
         description="Also serve /v2/health/live and /ready on this port, from a thread of their "
         "own, so probes stay prompt when the main port is flooded; unset = off.",
     )
-    max_batch_size: int = Field(64, ge=1, le=65536, description="Most items in one forward pass.")
+    max_batch_size: int = Field(
+        256,
+        ge=1,
+        le=65536,
+        description="Most items in one forward pass (a deep queue under overload drains faster).",
+    )
     max_batch_delay_ms: float = Field(
         2.0, ge=0, le=10_000, description="Longest wait for more items after a batch's first item."
     )
