@@ -6,6 +6,7 @@ device's inference thread under `torch.inference_mode()`."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,18 +68,13 @@ class VectorClassifier(Servable):
     def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
         super().__init__(model, config, device)
         assert isinstance(config.input, VectorInput)
-        self.shape = tuple(config.input.shape)
-        self.width = int(np.prod(self.shape))
+        self.width = math.prod(config.input.shape)
+        layouts = [config.input.shape, *config.input.also_shapes]
+        self.shapes = {(self.width,), *(tuple(shape) for shape in layouts)}
         self.minimum = config.input.minimum
         self.maximum = config.input.maximum
-        self.shapes_text = f"{self.width} numbers" + (
-            f" or a {'x'.join(map(str, self.shape))} nested list" if len(self.shape) > 1 else ""
-        )
-        if len(self.shape) == 1 and self.width == 784:
-            self.alt_shape: tuple[int, ...] | None = (28, 28)
-            self.shapes_text += " or a 28x28 nested list"
-        else:
-            self.alt_shape = None
+        nested = [" or a " + "x".join(map(str, s)) + " nested list" for s in layouts if len(s) > 1]
+        self.shapes_text = f"{self.width} numbers" + "".join(nested)
 
     def parse_item(self, raw: Any, field: str) -> np.ndarray:
         if not isinstance(raw, list) or not raw:
@@ -94,7 +90,7 @@ class VectorClassifier(Servable):
             raise InvalidInput(
                 f"{field}: expected {self.shapes_text}; rows have unequal lengths"
             ) from None
-        if array.shape not in (self.shape, (self.width,), self.alt_shape):
+        if array.shape not in self.shapes:
             raise InvalidInput(
                 f"{field}: expected {self.shapes_text}, got shape {list(array.shape)}"
             )

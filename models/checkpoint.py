@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -61,11 +62,25 @@ Architecture = Annotated[
 ]
 
 
+Shape = list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]]
+
+
 class VectorInput(_Strict):
     kind: Literal["vector"] = "vector"
-    shape: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(min_length=1, max_length=4)
+    shape: Shape = Field(min_length=1, max_length=4)
+    # Other row-major layouts of the same values that clients may send, e.g. [[28, 28]] for an
+    # image the model reads as 784 floats.
+    also_shapes: list[Shape] = Field(default_factory=list, max_length=8)
     minimum: float | None = None
     maximum: float | None = None
+
+    @model_validator(mode="after")
+    def _same_sizes(self) -> VectorInput:
+        width = math.prod(self.shape)
+        wrong = [s for s in self.also_shapes if math.prod(s) != width]
+        if wrong:
+            raise ValueError(f"also_shapes {wrong} do not hold {width} values like shape")
+        return self
 
 
 class TextInput(_Strict):

@@ -193,7 +193,7 @@ def mnist_config() -> ModelConfig:
         description="Handwritten digit classifier: the Keras MNIST example's MLP "
         "(784 -> Dense 64 ReLU -> Dense 64 ReLU -> Dense 10 softmax) on 28x28 images in [0, 1].",
         architecture=MLPArchitecture(layer_sizes=[784, 64, 64, 10], activation="relu"),
-        input=VectorInput(shape=[784], minimum=0.0, maximum=1.0),
+        input=VectorInput(shape=[784], also_shapes=[[28, 28]], minimum=0.0, maximum=1.0),
         labels=[str(digit) for digit in range(10)],
     )
 

@@ -40,7 +40,7 @@ def tiny_configs() -> list[ModelConfig]:
             name="mnist-mlp",
             task="classify",
             architecture=MLPArchitecture(layer_sizes=[784, 4, 10]),
-            input=VectorInput(shape=[784], minimum=0.0, maximum=1.0),
+            input=VectorInput(shape=[784], also_shapes=[[28, 28]], minimum=0.0, maximum=1.0),
             labels=[str(i) for i in range(10)],
         ),
         ModelConfig(

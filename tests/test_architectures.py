@@ -272,3 +272,9 @@ def test_load_refuses_absurd_sizes_by_parameter_count_before_allocating(tmp_path
     )
     with pytest.raises(CheckpointError, match="parameters"):
         load_checkpoint(directory)
+
+
+def test_vector_input_refuses_alternative_layouts_of_another_size() -> None:
+    with pytest.raises(ValueError, match="also_shapes"):
+        VectorInput(shape=[784], also_shapes=[[28, 27]])
+    assert VectorInput(shape=[784], also_shapes=[[28, 28]]).also_shapes == [[28, 28]]
