@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import DeadlineExceeded, ItemFailed, ModelNotReady, QueueFull
+from app.errors import DEADLINE_PASSED, DeadlineExceeded, ItemFailed, ModelNotReady, QueueFull
 
 
 @dataclass(slots=True)
@@ -188,7 +188,7 @@ class DynamicBatcher:
                 continue
             if item.deadline is not None and now > item.deadline:
                 self._queue.popleft()
-                item.future.set_exception(DeadlineExceeded(_DEADLINE_MESSAGE))
+                item.future.set_exception(DeadlineExceeded(DEADLINE_PASSED))
                 continue
             if batch and limits.max_batch_tokens and tokens + item.tokens > limits.max_batch_tokens:
                 break
@@ -229,9 +229,6 @@ class DynamicBatcher:
             queue_s = [w.queue_s for w in batch]
             tokens = sum(w.tokens for w in batch)
             self.observer(BatchReport(len(batch), tokens, queue_s, compute_s, failed))
-
-
-_DEADLINE_MESSAGE = "the request's deadline (X-Request-Timeout-Ms) passed before its work started"
 
 
 def _run_isolating_failures(

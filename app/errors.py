@@ -92,10 +92,17 @@ class ClientDisconnected(ServiceError):
     code = "client_disconnected"
 
 
+DEADLINE_PASSED = "the request's deadline (X-Request-Timeout-Ms) passed before its work started"
+
+
+def error_body(message: str, code: str) -> bytes:
+    return orjson.dumps({"error": message, "code": code})
+
+
 def error_response(
     status: int, message: str, code: str, headers: Mapping[str, str] | None = None
 ) -> Response:
-    body = orjson.dumps({"error": message, "code": code})
+    body = error_body(message, code)
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import ServiceError
-from app.http import check_bearer, make_context, receive_body
+from app.errors import ServiceError, error_body
+from app.http import check_bearer, header, make_context, receive_body, send_json
 from app.routes_v1 import CALLS
 from app.service import Service
 
 log = logging.getLogger("batchserve")
 
 _V1_INFERENCE = re.compile(r"/v1/models/([^/]+)(?:/versions/([^/]+))?/(predict|score)")
-_JSON = [(b"content-type", b"application/json")]
 
 
 class FastPath:
@@ -41,32 +41,18 @@ class FastPath:
         self, match: re.Match[str], scope: Scope, receive: Receive, send: Send
     ) -> None:
         name, version, endpoint = match.groups()
-        scope.setdefault("state", {})
-        service = self.service
-        headers = dict(scope["headers"])
-        extra: dict[str, str] = {}
+        service, state = self.service, scope.setdefault("state", {})
+        extra: Mapping[str, str] = {}
         try:
-            check_bearer(_text(headers.get(b"authorization")), service.api_keys)
+            check_bearer(header(scope, b"authorization"), service.api_keys)
             body = await receive_body(receive, service.settings.max_body_bytes)
-            timeout = _text(headers.get(b"x-request-timeout-ms"))
-            ctx = make_context(timeout, receive, scope["state"])
+            ctx = make_context(header(scope, b"x-request-timeout-ms"), receive, state)
             result = await CALLS[endpoint](service, name, version, body, ctx)
             status, payload = 200, orjson.dumps(result)
         except ServiceError as exc:
-            status, extra = exc.status, exc.headers
-            scope["state"]["error"] = exc.code
-            payload = orjson.dumps({"error": exc.message, "code": exc.code})
+            status, extra, state["error"] = exc.status, exc.headers, exc.code
+            payload = error_body(exc.message, exc.code)
         except Exception as exc:  # a bug; the answer must still be JSON
             log.exception("unhandled error on POST %s", scope["path"])
-            status = 500
-            payload = orjson.dumps(
-                {"error": f"internal error: {type(exc).__name__}", "code": "internal"}
-            )
-        response_headers = [*_JSON, (b"content-length", str(len(payload)).encode())]
-        response_headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": payload})
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")
+            status, payload = 500, error_body(f"internal error: {type(exc).__name__}", "internal")
+        await send_json(send, status, payload, extra)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive
+from starlette.types import Receive, Scope, Send
 
 from app.errors import ClientDisconnected, MalformedRequest, PayloadTooLarge, Unauthorized
 from app.inference import RequestContext
@@ -24,6 +25,24 @@ def json_response(
         headers=headers,
         media_type="application/json",
     )
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header from the raw ASGI scope (for the layers that run before FastAPI)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> None:
+    """A whole JSON response through raw ASGI."""
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def authorize(request: Request, keys: list[bytes]) -> None:

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.batcher import WorkItem
+from app.batcher import DynamicBatcher, WorkItem
 from app.errors import (
+    DEADLINE_PASSED,
     ClientDisconnected,
     DeadlineExceeded,
     ModelNotReady,
@@ -34,15 +35,20 @@ class RequestContext:
 def check_room(entry: ModelVersion, ctx: RequestContext) -> None:
     """Refuse (503) before the body is parsed when the model's queue is full, or too long for
     the request's deadline."""
-    if entry.batcher is None:
+    _batcher(entry).check_room(1, ctx.deadline)
+
+
+def _batcher(entry: ModelVersion) -> DynamicBatcher:
+    # A version that was being unloaded after the registry handed it out has no batcher.
+    if entry.batcher is None or entry.servable is None:
         raise ModelNotReady(f"model '{entry.name}' version '{entry.version}' is {entry.state}")
-    entry.batcher.check_room(1, ctx.deadline)
+    return entry.batcher
 
 
 def _servable(entry: ModelVersion, task: str) -> Any:
-    servable, batcher = entry.servable, entry.batcher
-    if servable is None or batcher is None:
-        raise ModelNotReady(f"model '{entry.name}' version '{entry.version}' is {entry.state}")
+    _batcher(entry)
+    servable = entry.servable
+    assert servable is not None
     if servable.task != task:
         other = "score" if task == "classify" else "predict"
         raise WrongEndpoint(
@@ -105,9 +111,7 @@ async def run_items(
     entry: ModelVersion, items: Sequence[Any], ctx: RequestContext, field_name: str
 ) -> list[Any]:
     """Queue the items, wait for all of them, and return their outputs in order."""
-    batcher = entry.batcher
-    if batcher is None:
-        raise ModelNotReady(f"model '{entry.name}' version '{entry.version}' is {entry.state}")
+    batcher = _batcher(entry)
     work = batcher.submit(items, ctx.deadline)
     futures = [w.future for w in work]
     try:
@@ -153,7 +157,5 @@ async def _wait(work: list[WorkItem], ctx: RequestContext) -> None:
         raise ClientDisconnected("the client disconnected before its answer was ready")
     # The deadline passed: what has not started is dropped; what has started is waited for.
     if any(not w.started and not w.future.done() for w in work):
-        raise DeadlineExceeded(
-            "the request's deadline (X-Request-Timeout-Ms) passed before its work started"
-        )
+        raise DeadlineExceeded(DEADLINE_PASSED)
     await asyncio.wait(futures)

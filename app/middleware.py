@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import error_body
+from app.http import header, send_json
 from app.metrics import Metrics
 from app.service import Lifecycle
 
@@ -42,7 +44,7 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _header(scope, b"x-request-id") or f"{self._id_prefix}{next(self._ids):x}"
+        request_id = header(scope, b"x-request-id") or f"{self._id_prefix}{next(self._ids):x}"
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
@@ -59,8 +61,9 @@ class ServiceMiddleware:
 
         refusal = self._refusal(scope)
         if refusal is not None:
-            state["error"] = refusal[2]
-            await _send_error(send_with_id, *refusal)
+            status_code, message, code, headers = refusal
+            state["error"] = code
+            await send_json(send_with_id, status_code, error_body(message, code), headers)
         else:
             self.lifecycle.in_flight += 1
             try:
@@ -73,7 +76,7 @@ class ServiceMiddleware:
         path = scope["path"]
         if self.lifecycle.draining and not path.startswith(("/v2/health", "/metrics")):
             return 503, "the server is shutting down", "shutting_down", {"Connection": "close"}
-        length = _header(scope, b"content-length")
+        length = header(scope, b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             return (
                 413,
@@ -113,23 +116,3 @@ class ServiceMiddleware:
 
 
 _LOGGED = ("model", "version", "items", "batch_size", "queue_ms", "compute_ms", "error")
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
-async def _send_error(
-    send: Send, status: int, message: str, code: str, headers: dict[str, str]
-) -> None:
-    body = orjson.dumps({"error": message, "code": code})
-    raw_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body})
