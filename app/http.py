@@ -110,10 +110,9 @@ def make_context(
 ) -> RequestContext:
     """The deadline from X-Request-Timeout-Ms, and a waiter that completes if the client leaves."""
     deadline = None
-    raw = timeout_ms_header
-    if raw is not None:
+    if timeout_ms_header is not None:
         try:
-            timeout_ms = float(raw)
+            timeout_ms = float(timeout_ms_header)
         except ValueError:
             timeout_ms = -1.0
         if not 0 < timeout_ms < 86_400_000:

@@ -10,7 +10,7 @@ import gc
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ class ModelVersion:
     servable: Servable | None = None
     batcher: DynamicBatcher | None = None
     weights_sha256: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    last_load_error: str | None = None  # a newer load that failed while this version served
 
     @property
     def ready(self) -> bool:
@@ -182,7 +182,7 @@ class ModelRegistry:
                 self._note_failure(name, [], message)
                 raise ModelLoadFailed(message)
             for entry in self._models[name].values():
-                entry.extra.pop("last_load_error", None)
+                entry.last_load_error = None
             await self._retire(name, keep=set(wanted))
             return [self._models[name][v] for v in wanted]
 
@@ -203,7 +203,7 @@ class ModelRegistry:
             entry.state, entry.reason = FAILED, str(exc)
             log.warning("model %s version %s failed to load: %s", name, version, exc)
             if previous is not None and previous.ready:
-                previous.extra["last_load_error"] = str(exc)
+                previous.last_load_error = str(exc)
             else:
                 self._models[name][version] = entry
             return entry
@@ -225,7 +225,7 @@ class ModelRegistry:
         entries = self._models.setdefault(name, {}) if versions else self._models.get(name, {})
         for entry in entries.values():
             if entry.ready:
-                entry.extra["last_load_error"] = message
+                entry.last_load_error = message
         for version in versions:
             if version not in entries:
                 path = self.settings.model_repository / name / version

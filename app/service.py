@@ -65,8 +65,8 @@ class Service:
             "device": entry.device,
             "checkpoint_sha256": entry.weights_sha256,
         }
-        if "last_load_error" in entry.extra:
-            meta["last_load_error"] = entry.extra["last_load_error"]
+        if entry.last_load_error is not None:
+            meta["last_load_error"] = entry.last_load_error
         config = entry.config
         if config is not None:
             meta.update(

@@ -100,8 +100,8 @@ def model_metadata(entry: ModelVersion, versions: list[str]) -> dict[str, Any]:
         "state": entry.state,
         "reason": entry.reason,
     }
-    if "last_load_error" in entry.extra:
-        meta["last_load_error"] = entry.extra["last_load_error"]
+    if entry.last_load_error is not None:
+        meta["last_load_error"] = entry.last_load_error
     return meta
 
 
