@@ -255,9 +255,14 @@ def test_nested_and_flat_input_data_give_the_same_answer(url: str, images: np.nd
     assert flat.json()["outputs"] == nested.json()["outputs"]
 
 
-def test_parameters_are_accepted(url: str) -> None:
+def test_parameters_are_accepted_and_change_nothing(url: str) -> None:
     body = {**_image_request(), "parameters": {"priority": 1, "custom": "x"}}
-    assert _infer(url, "mnist-mlp", body).status_code == 200
+    with_parameters, without = (
+        _infer(url, "mnist-mlp", body),
+        _infer(url, "mnist-mlp", _image_request()),
+    )
+    assert with_parameters.status_code == 200
+    assert with_parameters.json()["outputs"] == without.json()["outputs"]
 
 
 def test_wrong_datatype_is_a_400_naming_the_input_and_both_types(url: str) -> None:
