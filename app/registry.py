@@ -92,25 +92,28 @@ class ModelRegistry:
         return sorted(self._models)
 
     def versions(self, name: str) -> list[ModelVersion]:
-        if name not in self._models:
-            raise ModelNotFound(f"model '{name}' does not exist; known models: {self.names()}")
-        return sorted(self._models[name].values(), key=lambda m: version_key(m.version))
+        return sorted(self._by_version(name).values(), key=lambda m: version_key(m.version))
 
     def default_version(self, name: str) -> ModelVersion | None:
-        ready = [m for m in self.versions(name) if m.ready]
-        return ready[-1] if ready else None
+        """The newest ready version. On every request without a version, so no sorting."""
+        ready = [m for m in self._by_version(name).values() if m.ready]
+        return max(ready, key=lambda m: version_key(m.version)) if ready else None
 
     def find(self, name: str, version: str | None = None) -> ModelVersion:
         """The named version, or the newest ready one, in whatever state it is."""
         if version is None:
             return self.default_version(name) or self.versions(name)[-1]
-        by_version = self._models.get(name)
-        if by_version is None:
-            raise ModelNotFound(f"model '{name}' does not exist; known models: {self.names()}")
+        by_version = self._by_version(name)
         if version not in by_version:
             known = sorted(by_version, key=version_key)
             raise ModelNotFound(f"model '{name}' has no version '{version}'; versions: {known}")
         return by_version[version]
+
+    def _by_version(self, name: str) -> dict[str, ModelVersion]:
+        found = self._models.get(name)
+        if found is None:
+            raise ModelNotFound(f"model '{name}' does not exist; known models: {self.names()}")
+        return found
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
         """A version that can serve now."""
