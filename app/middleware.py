@@ -65,11 +65,7 @@ class ServiceMiddleware:
             state["error"] = code
             await send_json(send_with_id, status_code, error_body(message, code), headers)
         else:
-            self.lifecycle.in_flight += 1
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                self.lifecycle.in_flight -= 1
+            await self.app(scope, receive, send_with_id)
         self._record(scope, state, status, time.perf_counter() - started)
 
     def _refusal(self, scope: Scope) -> tuple[int, str, str, dict[str, str]] | None:

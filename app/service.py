@@ -16,11 +16,9 @@ _STATES = ("loading", "ready", "failed", "unloading", "unavailable")
 
 @dataclass
 class Lifecycle:
-    """Shared by the SIGTERM handler, the middleware and the readiness check. It lives here, not on
-    the middleware, because Starlette builds the middleware instances lazily, out of reach."""
+    """Shared by the SIGTERM handler, the middleware and the readiness check."""
 
     draining: bool = False  # set on SIGTERM: new requests are refused, accepted ones finish
-    in_flight: int = 0
 
 
 class Service:
