@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from bench.baseline_app import create_app as create_baseline
 from bench.floor_app import create_app as create_floor
 from tests.conftest import live_server, settings_for, write_tiny_repository
+from tests.numbers import LOG_PROB_TOLERANCE, PROBABILITY_TOLERANCE
 
 PREDICT = "/v1/models/mnist-mlp/predict"
 SCORE = "/v1/models/names-lm/score"
@@ -54,7 +55,9 @@ async def test_baseline_predicts_what_batchserve_predicts(
     for mine, theirs in zip(got["predictions"], expected["predictions"], strict=True):
         assert [p["label"] for p in mine["top_k"]] == [p["label"] for p in theirs["top_k"]]
         assert mine["label"] == theirs["label"]
-        assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-6)
+        assert mine["probability"] == pytest.approx(
+            theirs["probability"], abs=PROBABILITY_TOLERANCE
+        )
 
 
 async def test_baseline_scores_what_batchserve_scores(
@@ -67,7 +70,7 @@ async def test_baseline_scores_what_batchserve_scores(
     got = answer.json()["scores"]
     assert [s["num_tokens"] for s in got] == [s["num_tokens"] for s in expected]
     for mine, theirs in zip(got, expected, strict=True):
-        assert mine["log_prob"] == pytest.approx(theirs["log_prob"], abs=1e-4)
+        assert mine["log_prob"] == pytest.approx(theirs["log_prob"], abs=LOG_PROB_TOLERANCE)
         assert mine["perplexity"] == pytest.approx(theirs["perplexity"], rel=1e-4)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from app.client import AsyncClient, BatchserveError, Client, PredictResult, ScoreResult
 from tests.conftest import free_port, live_server, settings_for, write_tiny_repository
+from tests.numbers import LOG_PROB_TOLERANCE, assert_same_numbers
 
 API_KEY = "test-key-123"
 DIGIT = [0.5] * 784
@@ -111,8 +112,10 @@ def test_async_client_returns_the_same_results(server: str) -> None:
 
     predicted, scored = asyncio.run(calls())
     with Client(server) as client:
-        assert predicted.predictions == client.predict("mnist-mlp", [DIGIT]).predictions
-        assert scored.scores == client.score("names-lm", ["Smith"]).scores
+        again = client.predict("mnist-mlp", [DIGIT]).predictions
+        assert_same_numbers(predicted.model_dump()["predictions"], [p.model_dump() for p in again])
+        rescored = [s.model_dump() for s in client.score("names-lm", ["Smith"]).scores]
+        assert_same_numbers(scored.model_dump()["scores"], rescored, LOG_PROB_TOLERANCE)
 
 
 # -- errors, auth and request ids -------------------------------------------------------------

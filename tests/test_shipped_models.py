@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from models.data import load_mnist
+from tests.numbers import LOG_PROB_TOLERANCE, PROBABILITY_TOLERANCE, assert_same_numbers
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_a_28x28_digit_gets_the_same_answer_as_its_flat_784_form(http: httpx.Cli
     square = http.post(
         "/v1/models/mnist-mlp/predict", json={"inputs": [image.reshape(28, 28).tolist()]}
     ).json()
-    assert flat["predictions"] == square["predictions"]
+    assert_same_numbers(flat["predictions"], square["predictions"])
 
 
 @pytest.mark.parametrize(("surname", "country"), [("Nakamura", "JP"), ("Kowalski", "PL")])
@@ -129,3 +130,39 @@ def test_request_id_is_echoed_and_generated_when_absent(http: httpx.Client) -> N
     generated = [http.get("/v1/models").headers["x-request-id"] for _ in range(2)]
     assert given.headers["x-request-id"] == "abc-123"
     assert generated[0] and generated[0] != generated[1]
+
+
+# -- batch-size invariance ---------------------------------------------------------------------
+# The same item may be computed alone or among up to max_batch_size others. Batching changes
+# float results in the last bits (other kernels, other summation orders), never beyond the
+# tolerance stated in tests/numbers.py.
+
+SURNAMES = ["Nakamura", "Kowalski", "Rossi", "Smith", "Müller", "O'Brien", "Li", "Dvořák"] * 4
+
+
+def _alone_and_together(http: httpx.Client, path: str, key: str, items: list) -> tuple[list, list]:
+    alone = [http.post(path, json={key: [item]}).json() for item in items]
+    together = http.post(path, json={key: items}).json()
+    field = "predictions" if "predict" in path else "scores"
+    return [a[field][0] for a in alone], together[field]
+
+
+def test_mnist_answers_do_not_depend_on_the_batch_size(http: httpx.Client) -> None:
+    digits = load_mnist().test.images[:48].tolist()
+    alone, together = _alone_and_together(http, "/v1/models/mnist-mlp/predict", "inputs", digits)
+    assert_same_numbers(alone, together, PROBABILITY_TOLERANCE)
+
+
+def test_names_rnn_answers_do_not_depend_on_the_batch_size(http: httpx.Client) -> None:
+    path = "/v1/models/names-rnn/predict"
+    alone, together = _alone_and_together(http, path, "inputs", SURNAMES)
+    assert_same_numbers(alone, together, PROBABILITY_TOLERANCE)
+
+
+def test_names_lm_scores_do_not_depend_on_the_batch_size(http: httpx.Client) -> None:
+    path = "/v1/models/names-lm/score"
+    alone, together = _alone_and_together(http, path, "inputs", SURNAMES)
+    assert_same_numbers(alone, together, LOG_PROB_TOLERANCE)
+    pairs = [{"context": name[:-2], "continuation": name[-2:]} for name in SURNAMES]
+    alone, together = _alone_and_together(http, path, "pairs", pairs)
+    assert_same_numbers(alone, together, LOG_PROB_TOLERANCE)

@@ -210,7 +210,9 @@ def test_committed_mnist_mlp_achieves_its_reported_accuracy(mnist: MnistData) ->
     x, y = torch.from_numpy(mnist.test.images), torch.from_numpy(mnist.test.labels)
     with torch.inference_mode():
         accuracy = (model(x).argmax(-1) == y).double().mean().item()
-    assert accuracy == pytest.approx(config.metrics["test_accuracy"], abs=1e-9)
+    # The metric was computed at training time, perhaps on another CPU: a digit whose two best
+    # classes tie to the last bit may flip, so one digit of 10,000 is allowed.
+    assert accuracy == pytest.approx(config.metrics["test_accuracy"], abs=1.5e-4)
 
 
 def _predict_countries(names: list[str]) -> list[str]:
