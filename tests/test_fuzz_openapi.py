@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import live_server, settings_for, write_tiny_repository
 
+pytestmark = pytest.mark.slow
+
 ADMIN_KEY = "fuzz-admin-key"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 # Schema-valid bodies may still be refused by the model (a 784-float image sent to the surname

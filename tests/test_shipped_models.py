@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from models.data import load_mnist
+from models.data import MnistData
 from tests.numbers import LOG_PROB_TOLERANCE, PROBABILITY_TOLERANCE, assert_same_numbers
 
 
@@ -19,8 +19,10 @@ def http(shipped_server: str) -> httpx.Client:
     return httpx.Client(base_url=shipped_server, timeout=60)
 
 
-def test_mnist_test_set_accuracy_over_http_matches_the_reported_metric(http: httpx.Client) -> None:
-    test = load_mnist().test
+def test_mnist_test_set_accuracy_over_http_matches_the_reported_metric(
+    http: httpx.Client, mnist: MnistData
+) -> None:
+    test = mnist.test
     reported = http.get("/v1/models/mnist-mlp").json()["metrics"]["test_accuracy"]
     predicted: list[int] = []
     for start in range(0, len(test.labels), 1000):
@@ -34,8 +36,10 @@ def test_mnist_test_set_accuracy_over_http_matches_the_reported_metric(http: htt
     assert accuracy == pytest.approx(reported, abs=1e-4)
 
 
-def test_a_28x28_digit_gets_the_same_answer_as_its_flat_784_form(http: httpx.Client) -> None:
-    image = load_mnist().test.images[0]
+def test_a_28x28_digit_gets_the_same_answer_as_its_flat_784_form(
+    http: httpx.Client, mnist: MnistData
+) -> None:
+    image = mnist.test.images[0]
     flat = http.post("/v1/models/mnist-mlp/predict", json={"inputs": [image.tolist()]}).json()
     square = http.post(
         "/v1/models/mnist-mlp/predict", json={"inputs": [image.reshape(28, 28).tolist()]}
@@ -147,8 +151,10 @@ def _alone_and_together(http: httpx.Client, path: str, key: str, items: list) ->
     return [a[field][0] for a in alone], together[field]
 
 
-def test_mnist_answers_do_not_depend_on_the_batch_size(http: httpx.Client) -> None:
-    digits = load_mnist().test.images[:48].tolist()
+def test_mnist_answers_do_not_depend_on_the_batch_size(
+    http: httpx.Client, mnist: MnistData
+) -> None:
+    digits = mnist.test.images[:48].tolist()
     alone, together = _alone_and_together(http, "/v1/models/mnist-mlp/predict", "inputs", digits)
     assert_same_numbers(alone, together, PROBABILITY_TOLERANCE)
 

@@ -23,8 +23,6 @@ from models.data import (
     SurnameData,
     data_dir,
     fetch_wheel,
-    load_mnist,
-    load_surnames,
     read_member,
     restricted_loads,
 )
@@ -40,16 +38,6 @@ from models.train import (
 )
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "models" / "repository"
-
-
-@pytest.fixture(scope="module")
-def mnist() -> MnistData:
-    return load_mnist()
-
-
-@pytest.fixture(scope="module")
-def surnames() -> SurnameData:
-    return load_surnames()
 
 
 # --------------------------------------------------------------------------- safe unpickling
