@@ -12,7 +12,7 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
-from app.service import Lifecycle
+from app.serving.dataplane import Lifecycle
 from app.settings import Settings
 
 
@@ -52,7 +52,7 @@ def serve_forever(settings: Settings, host: str, port: int) -> int:
         http="httptools",
     )
     logging.getLogger("batchserve").info("listening on http://%s:%d", host, port)
-    GracefulServer(config, app.state.service.lifecycle, settings.shutdown_drain_s).run()
+    GracefulServer(config, app.lifecycle, settings.shutdown_drain_s).run()
     return 0
 
 

@@ -1,36 +1,31 @@
-"""Typed domain errors, each carrying its HTTP status; `install_error_handlers` is the one place
-that turns them (and framework errors) into `{"error": ..., "code": ...}` responses."""
+"""Typed domain errors. Each carries the HTTP status and a stable machine-readable code; the
+transports map them to their own answers in one place each (`app.api.router` for HTTP)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
-
-log = logging.getLogger("batchserve")
 
 
 class ServiceError(Exception):
     status = 500
     code = "internal"
 
-    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.headers = headers or {}
+        self.headers: Mapping[str, str] = headers or {}
 
 
 class InvalidInput(ServiceError):
+    """An item or field the model cannot take; the message names the field."""
+
     status = 422
     code = "invalid_input"
 
 
 class MalformedRequest(ServiceError):
+    """A request that is not well-formed at all: bad JSON, a bad header, a bad control body."""
+
     status = 400
     code = "malformed_request"
 
@@ -75,9 +70,16 @@ class Unauthorized(ServiceError):
     code = "unauthorized"
 
 
-class Forbidden(ServiceError):
-    status = 403
-    code = "forbidden"
+class NotFound(ServiceError):
+    """No such path (as opposed to no such model)."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status = 405
+    code = "method_not_allowed"
 
 
 class ItemFailed(ServiceError):
@@ -92,52 +94,12 @@ class ClientDisconnected(ServiceError):
     code = "client_disconnected"
 
 
+class LoadRequestFailed(ServiceError):
+    """A repository load request that could not be carried out (a bad model.json, no version on
+    disk, a checkpoint that failed to load); what served before still serves."""
+
+    status = 400
+    code = "load_failed"
+
+
 DEADLINE_PASSED = "the request's deadline (X-Request-Timeout-Ms) passed before its work started"
-
-
-def error_body(message: str, code: str) -> bytes:
-    return orjson.dumps({"error": message, "code": code})
-
-
-def error_response(
-    status: int, message: str, code: str, headers: Mapping[str, str] | None = None
-) -> Response:
-    body = error_body(message, code)
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
-
-
-def _field(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "request"
-
-
-def _noted(request: Request, code: str) -> str:
-    # The access log and the rejected-requests metric read the error's code from here.
-    request.scope.setdefault("state", {})["error"] = code
-    return code
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    async def service_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServiceError)
-        return error_response(exc.status, exc.message, _noted(request, exc.code), exc.headers)
-
-    async def validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        problems = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
-        return error_response(422, problems, _noted(request, "invalid_input"))
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        code = _noted(request, "not_found" if exc.status_code == 404 else "http_error")
-        return error_response(exc.status_code, str(exc.detail), code, exc.headers)
-
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        # The promise is "never a 500 for any input"; reaching here is a bug, logged with its trace.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}", "internal")
-
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)

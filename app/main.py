@@ -1,5 +1,6 @@
-"""The application factory: `create_app(settings)` wires settings, registry, routes and middleware.
-Nothing happens at import time; models load in the lifespan."""
+"""The application factory: `create_app(settings)` wires the serving core (registry, data plane)
+to the HTTP transport (endpoint table, front, docs site). Nothing happens at import time; models
+load in the lifespan."""
 
 from __future__ import annotations
 
@@ -9,23 +10,28 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
-from starlette.responses import PlainTextResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
-from app import routes_v1, routes_v2
-from app.docs import install_docs
-from app.errors import install_error_handlers
-from app.fastpath import FastPath
-from app.health import HealthServer
-from app.http import authorize
-from app.middleware import ServiceMiddleware
-from app.service import Service
+from app import __version__
+from app.api import ops
+from app.api.context import Accounting, Keys
+from app.api.docs import SITE_PATHS, docs_site
+from app.api.health import HealthServer
+from app.api.openapi import openapi_document
+from app.api.router import Endpoint, HttpFront, Routes
+from app.api.v1 import endpoints as v1
+from app.api.v2 import endpoints as v2
+from app.metrics import Metrics
+from app.serving.batcher import BatchReport
+from app.serving.dataplane import DataPlane, Lifecycle
+from app.serving.loader import LoadedModel
+from app.serving.registry import ModelRegistry
 from app.settings import Settings
 
 log = logging.getLogger("batchserve")
 
+TITLE = "batchserve"
 DESCRIPTION = """Inference for trained PyTorch MLP and RNN models, with dynamic batching:
 concurrent requests to a model are merged into one forward pass.
 
@@ -34,96 +40,63 @@ concurrent requests to a model are merged into one forward pass.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    service = Service(settings)
+class Application:
+    """The ASGI application uvicorn runs, and the handles the process needs on it."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        torch.set_num_threads(settings.torch_threads)
-        health = None
-        if settings.health_port is not None:
-            health = HealthServer(service, settings.host, settings.health_port)
-            health.start()
-            app.state.health_port = health.port
-        await service.registry.load_repository()
-        # Start-up leaves ~10^5 long-lived objects (torch, pydantic, FastAPI); freezing them keeps
-        # the collector's full passes from walking them again during serving.
-        gc.collect()
-        gc.freeze()
-        log.info("serving models: %s", ", ".join(service.registry.names()) or "none")
-        yield
-        await service.registry.close()
-        if health is not None:
-            health.stop()
-
-    app = BatchserveApp(
-        title="batchserve",
-        version="0.1.0",
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        docs_url=None,  # install_docs serves them without a CDN
-        redoc_url=None,
-        # batchserve exports its own Prometheus metrics; no OpenTelemetry work per request.
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
-    )
-    app.state.service = service
-    install_error_handlers(app)
-    install_docs(app)
-    app.include_router(routes_v1.router)
-    app.include_router(routes_v2.router)
-    if service.admin_keys:  # without an admin key the control routes do not exist (404)
-        app.include_router(routes_v2.repository_router)
-    _add_metrics_route(app, service)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    app.front = ServiceMiddleware(
-        FastPath(app.call_fastapi, service),
-        metrics=service.metrics,
-        max_body_bytes=settings.max_body_bytes,
-        log_access=settings.access_log,
-        lifecycle=service.lifecycle,
-    )
-    return app
-
-
-class BatchserveApp(FastAPI):
-    """FastAPI behind batchserve's own two ASGI layers: request accounting (ServiceMiddleware)
-    and the hot predict/score endpoints (FastPath) run before FastAPI's middleware stack, so a
-    request that FastPath answers (or a 503 under overload) costs no FastAPI work at all."""
-
-    front: ASGIApp
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.lifecycle = Lifecycle()
+        registry = ModelRegistry(settings, on_batch=self._observe_batch)
+        self.plane = DataPlane(settings, registry, lifecycle=self.lifecycle)
+        keys = Keys.from_settings(settings)
+        self.endpoints: list[Endpoint] = [
+            *v1.table(),
+            *v2.table(with_repository=bool(keys.admin)),
+            *ops.table(self.metrics),
+        ]
+        self.health_port: int | None = None
+        site = docs_site(self.openapi, self._lifespan)
+        self.front = HttpFront(
+            Routes(self.endpoints),
+            self.plane,
+            keys,
+            Accounting(self.metrics, settings.access_log),
+            fallback=site,
+            fallback_paths=tuple(p.encode() for p in SITE_PATHS),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.front(scope, receive, send)
 
-    async def call_fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await super().__call__(scope, receive, send)
+    def openapi(self) -> dict[str, object]:
+        return openapi_document(self.endpoints, TITLE, __version__, DESCRIPTION)
 
-
-def _add_metrics_route(app: FastAPI, service: Service) -> None:
-    @app.get(
-        "/metrics",
-        tags=["operations"],
-        summary="Prometheus metrics",
-        response_class=PlainTextResponse,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-    )
-    async def metrics(request: Request) -> Response:
-        if service.settings.protect_metrics:
-            authorize(request, service.api_keys)
-        service.refresh_gauges()
-        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
-
-
-def _openapi(app: FastAPI) -> dict:
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
+    def _observe_batch(self, model: LoadedModel, report: BatchReport) -> None:
+        self.metrics.observe_batch(
+            model.name, model.version, report.compute_s, report.queue_s, report.failed_items
         )
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (*routes_v1.REQUEST_SCHEMAS, *routes_v2.REQUEST_SCHEMAS):
-            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(model_schema.pop("$defs", {}))
-            components[model.__name__] = model_schema
-        app.openapi_schema = schema
-    return app.openapi_schema
+
+    @asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        settings, registry = self.settings, self.plane.registry
+        torch.set_num_threads(settings.torch_threads)
+        health = None
+        if settings.health_port is not None:
+            health = HealthServer(self.plane, settings.host, settings.health_port)
+            health.start()
+            self.health_port = health.port
+        await registry.load_repository()
+        # Start-up leaves ~10^5 long-lived objects (torch, pydantic, FastAPI); freezing them keeps
+        # the collector's full passes from walking them again during serving.
+        gc.collect()
+        gc.freeze()
+        log.info("serving models: %s", ", ".join(registry.names()) or "none")
+        yield
+        await registry.close()
+        if health is not None:
+            health.stop()
+
+
+def create_app(settings: Settings | None = None) -> Application:
+    return Application(settings or Settings())

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Sequence
 
-from app.batcher import BatchReport
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -53,15 +53,23 @@ class Metrics:
             "batchserve_rejected_requests", "Requests refused, by reason.", ["reason"], registry=r
         )
 
-    def observe_batch(self, model: str, version: str, report: BatchReport) -> None:
-        self.batch_size.labels(model, version).observe(report.size)
-        self.compute_seconds.labels(model, version).observe(report.compute_s)
-        self.items.labels(model, version).inc(report.size)
+    def observe_batch(
+        self,
+        model: str,
+        version: str,
+        compute_s: float,
+        queue_s: Sequence[float],
+        failed_items: int,
+    ) -> None:
+        """One forward pass of `len(queue_s)` items, each of which waited `queue_s[i]`."""
+        self.batch_size.labels(model, version).observe(len(queue_s))
+        self.compute_seconds.labels(model, version).observe(compute_s)
+        self.items.labels(model, version).inc(len(queue_s))
         queue = self.queue_seconds.labels(model, version)
-        for waited in report.queue_s:
+        for waited in queue_s:
             queue.observe(waited)
-        if report.failed_items:
-            self.item_failures.labels(model, version).inc(report.failed_items)
+        if failed_items:
+            self.item_failures.labels(model, version).inc(failed_items)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

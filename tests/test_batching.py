@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.batcher import BatchLimits, BatchReport, DynamicBatcher
 from app.errors import ItemFailed, QueueFull
+from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
 from tests.conftest import live_server, settings_for, write_tiny_repository
 
 NAMES = ["Nakamura", "Kowalski", "Rossi", "Smith", "Ng", "Papadopoulos", "Li", "Schmidt"]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import torch
 
-from app.registry import ModelRegistry
+from app.serving.registry import ModelRegistry
 from models.checkpoint import MLPArchitecture, build_model, read_config, save_checkpoint
 from tests.conftest import live_server, settings_for, write_tiny_repository
 from tests.numbers import assert_same_numbers, same_numbers

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from app.registry import ModelRegistry
+from app.serving.registry import ModelRegistry
 from models.checkpoint import build_model, read_config, save_checkpoint
 from tests.conftest import live_server, settings_for, write_tiny_repository
 from tests.numbers import LOG_PROB_TOLERANCE, assert_same_numbers, same_numbers

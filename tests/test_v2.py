@@ -424,7 +424,7 @@ async def test_readiness_is_503_while_the_server_drains_but_liveness_stays(
     tiny_repository: Path,
 ) -> None:
     app = create_app(settings_for(tiny_repository))
-    app.state.service.lifecycle.draining = True  # what SIGTERM sets
+    app.lifecycle.draining = True  # what SIGTERM sets
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as asgi:
         ready = await asgi.get("/v2/health/ready")

@@ -1,6 +1,6 @@
-"""Open Inference Protocol tensors: the input and output tensors a model offers (derived from its
+"""The Open Inference Protocol codec: the input and output tensors a model offers (derived from its
 config), decoding an infer request (JSON data or Triton's binary tensor data extension) into the
-items `/v1` would send, running them through the same batcher, and encoding the outputs."""
+rows of items the data plane takes, and encoding its typed results as output tensors."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.errors import InvalidInput, ModelNotReady
-from app.http import parse_json
-from app.inference import RequestContext, run_items
-from app.registry import ModelVersion
-from app.servables import TokenScores, json_type_name
+from app.api.http import parse_json
+from app.errors import InvalidInput
+from app.serving.results import Classification, Scores, VersionInfo
+from app.serving.servables import json_type_name
 from models.checkpoint import ModelConfig, TextInput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -30,9 +29,7 @@ _UNSUPPORTED = {
 
 
 class TensorError(InvalidInput):
-    """A request that does not fit the model's tensors: 400, as the protocol answers it."""
-
-    status = 400
+    """A request that does not fit the model's tensors (the protocol answers it with 400)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,20 +85,20 @@ def signature(config: ModelConfig) -> Signature:
     return Signature((source,), outputs)
 
 
-def model_metadata(entry: ModelVersion, versions: list[str]) -> dict[str, Any]:
-    tensors = signature(entry.config) if entry.config is not None else Signature((), ())
+def model_metadata(info: VersionInfo, versions: list[str]) -> dict[str, Any]:
+    tensors = signature(info.config) if info.config is not None else Signature((), ())
     meta: dict[str, Any] = {
-        "name": entry.name,
+        "name": info.name,
         "versions": versions,
         "platform": "pytorch",
         "inputs": [t.describe() for t in tensors.inputs],
         "outputs": [t.describe() for t in tensors.outputs],
-        "version": entry.version,
-        "state": entry.state,
-        "reason": entry.reason,
+        "version": info.version,
+        "state": info.state,
+        "reason": info.reason,
     }
-    if entry.last_load_error is not None:
-        meta["last_load_error"] = entry.last_load_error
+    if info.last_load_error is not None:
+        meta["last_load_error"] = info.last_load_error
     return meta
 
 
@@ -331,47 +328,25 @@ def _refuse_unsupported(parameters: dict[str, Any], label: str) -> None:
             raise TensorError(f"{label}: parameters.{key}: {why}")
 
 
-# -- inference --------------------------------------------------------------------------------
+# -- results as tensors ----------------------------------------------------------------------
 
 
-async def infer(entry: ModelVersion, request: InferRequest, ctx: RequestContext) -> dict[str, Any]:
-    """Items go through `parse_item` and the batcher exactly as on /v1; returns every output."""
-    servable, config = entry.servable, entry.config
-    if servable is None or config is None:
-        raise ModelNotReady(f"model '{entry.name}' version '{entry.version}' is {entry.state}")
-    name = request.input_name
-    items = [_parse_item(servable, row, f"{name}[{i}]") for i, row in enumerate(request.rows)]
-    results = await run_items(entry, items, ctx, name)
-    if servable.task == "score":
-        return _score_outputs(results)
-    return _classify_outputs(results, config.labels)
-
-
-def _parse_item(servable: Any, row: Any, field: str) -> Any:
-    try:
-        return servable.parse_item(row, field)
-    except InvalidInput as exc:
-        raise TensorError(exc.message) from None
-
-
-def _classify_outputs(results: list[list[float]], labels: list[str]) -> dict[str, Any]:
-    probabilities = np.asarray(results, dtype=np.float32)
+def classify_outputs(result: Classification) -> dict[str, Any]:
+    probabilities = np.asarray([item.probabilities for item in result.items], dtype=np.float32)
+    labels = result.labels
     return {
         "probabilities": probabilities,
         "label": [labels[i] for i in probabilities.argmax(axis=1)],
     }
 
 
-def _score_outputs(results: list[TokenScores]) -> dict[str, Any]:
-    # The same sums as /v1 score, in float64, rounded to FP32 only on the way out.
-    log_probs = [math.fsum(r.log_probs) for r in results]
-    counts = [len(r.log_probs) for r in results]
+def score_outputs(result: Scores) -> dict[str, Any]:
+    # The sums are the data plane's, in float64; rounded to FP32 only on the way out.
+    items = result.items
     return {
-        "log_prob": np.asarray(log_probs, dtype=np.float32),
-        "num_tokens": np.asarray(counts, dtype=np.int32),
-        "perplexity": np.asarray(
-            [math.exp(-lp / n) for lp, n in zip(log_probs, counts, strict=True)], dtype=np.float32
-        ),
+        "log_prob": np.asarray([s.log_prob for s in items], dtype=np.float32),
+        "num_tokens": np.asarray([s.num_tokens for s in items], dtype=np.int32),
+        "perplexity": np.asarray([s.perplexity for s in items], dtype=np.float32),
     }
 
 
@@ -379,11 +354,12 @@ def _score_outputs(results: list[TokenScores]) -> dict[str, Any]:
 
 
 def encode_response(
-    entry: ModelVersion, request: InferRequest, outputs: dict[str, Any], tensors: Signature
+    model: tuple[str, str], request: InferRequest, outputs: dict[str, Any], tensors: Signature
 ) -> tuple[bytes, int | None]:
-    """The body, and the JSON header's length when binary tensor data follows it."""
+    """The body, and the JSON header's length when binary tensor data follows it; `model` is
+    the (name, version) that answered."""
     specs = {s.name: s for s in tensors.outputs}
-    header: dict[str, Any] = {"model_name": entry.name, "model_version": entry.version}
+    header: dict[str, Any] = {"model_name": model[0], "model_version": model[1]}
     if request.id is not None:
         header["id"] = request.id
     described: list[dict[str, Any]] = []

@@ -1,7 +1,7 @@
 """The model registry: loads the versions of `<repository>/<name>/` that each model's version
-policy wants, each onto its device with a batcher in front, and hands out ready versions (the
-newest when none is named). Models can be loaded again (new versions go live, old ones drain and
-are freed) and unloaded while the server runs."""
+policy wants and hands out ready ones (the newest when none is named). Models can be loaded again
+(new versions go live, old ones drain and are freed) and unloaded while the server runs; one lock
+per model name keeps those changes in order."""
 
 from __future__ import annotations
 
@@ -12,76 +12,48 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from app import repository
-from app.batcher import BatchLimits, BatchReport, DynamicBatcher
-from app.errors import ModelNotFound, ModelNotReady, ServiceError
-from app.repository import ModelLoadFailed, version_key
-from app.servables import Servable, make_servable
+from app.errors import LoadRequestFailed, ModelNotFound, ModelNotReady, ServiceError
+from app.serving import repository
+from app.serving.batcher import BatchReport
+from app.serving.loader import LoadedModel, load_model
+from app.serving.repository import version_key
+from app.serving.results import ModelState
 from app.settings import Settings
-from models.checkpoint import (
-    CheckpointError,
-    ModelConfig,
-    load_checkpoint,
-    read_config,
-    sha256_file,
-    weights_path,
-)
+from models.checkpoint import CheckpointError, ModelConfig
 
 log = logging.getLogger("batchserve.registry")
 
-LOADING, READY, FAILED, UNLOADING, UNAVAILABLE = (
-    "loading",
-    "ready",
-    "failed",
-    "unloading",
-    "unavailable",
-)
+BatchObserver = Callable[[LoadedModel, BatchReport], None]
 
 
 @dataclass
 class ModelVersion:
+    """One version directory as the registry knows it; `loaded` is set while it can serve."""
+
     name: str
     version: str
     path: Path
-    state: str = LOADING
+    state: ModelState = ModelState.LOADING
     reason: str | None = None
-    device: str | None = None
-    config: ModelConfig | None = None
-    servable: Servable | None = None
-    batcher: DynamicBatcher | None = None
-    weights_sha256: str | None = None
+    loaded: LoadedModel | None = None
     last_load_error: str | None = None  # a newer load that failed while this version served
 
     @property
     def ready(self) -> bool:
-        return self.state == READY
+        return self.state is ModelState.READY
 
-
-def resolve_device(requested: str) -> torch.device:
-    """'auto' is CUDA when present; an unavailable device is a load error, not a crash."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CheckpointError(f"device {requested} requested but CUDA is not available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise CheckpointError(f"device {requested} does not exist")
-    return device
+    @property
+    def config(self) -> ModelConfig | None:
+        return self.loaded.config if self.loaded is not None else None
 
 
 class ModelRegistry:
-    def __init__(
-        self,
-        settings: Settings,
-        observer: Callable[[ModelVersion, BatchReport], None] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, on_batch: BatchObserver | None = None) -> None:
         self.settings = settings
-        self._observer = observer
+        self._on_batch = on_batch
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._executors: dict[str, ThreadPoolExecutor] = {}
@@ -115,16 +87,13 @@ class ModelRegistry:
             raise ModelNotFound(f"model '{name}' does not exist; known models: {self.names()}")
         return found
 
-    def get(self, name: str, version: str | None = None) -> ModelVersion:
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
         """A version that can serve now."""
         found = self.find(name, version)
-        if not found.ready:
+        if found.loaded is None or not found.ready:
             why = f": {found.reason}" if found.reason else ""
             raise ModelNotReady(f"model '{name}' version '{found.version}' is {found.state}{why}")
-        return found
-
-    def all_ready(self) -> bool:
-        return not self.not_ready()
+        return found.loaded
 
     def not_ready(self) -> list[str]:
         """Models meant to serve (not unloaded on purpose) that have no ready version."""
@@ -134,20 +103,17 @@ class ModelRegistry:
             if name not in self._unloaded and self.default_version(name) is None
         ]
 
-    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        """Every version on disk or in memory, with its state and why it is in it."""
-        rows: dict[tuple[str, str], dict[str, str]] = {}
+    def index(self) -> list[tuple[str, str, ModelState, str]]:
+        """(name, version, state, reason) of every version on disk or in memory."""
+        rows: dict[tuple[str, str], tuple[str, str, ModelState, str]] = {}
         root = self.settings.model_repository
         for name, versions in repository.scan(root).items():
             for version, reason in _not_loaded_reasons(root / name, versions).items():
-                rows[name, version] = _index_row(name, version, UNAVAILABLE, reason)
+                rows[name, version] = (name, version, ModelState.UNAVAILABLE, reason)
         for name, entries in self._models.items():
             for entry in entries.values():
-                rows[name, entry.version] = _index_row(
-                    name, entry.version, entry.state, entry.reason or ""
-                )
-        listed = sorted(rows.values(), key=lambda r: (r["name"], version_key(r["version"])))
-        return [r for r in listed if r["state"] == READY or not ready_only]
+                rows[name, entry.version] = (name, entry.version, entry.state, entry.reason or "")
+        return sorted(rows.values(), key=lambda r: (r[0], version_key(r[1])))
 
     # -- loading ------------------------------------------------------------------------------
     def scan(self) -> dict[str, list[str]]:
@@ -158,7 +124,7 @@ class ModelRegistry:
         for name in self.scan():
             try:
                 await self.load_model(name)
-            except ModelLoadFailed as exc:
+            except LoadRequestFailed as exc:
                 log.warning("%s", exc.message)
 
     async def load_model(self, name: str) -> list[ModelVersion]:
@@ -171,7 +137,7 @@ class ModelRegistry:
                 raise ModelNotFound(f"the model repository has no model '{name}'")
             try:
                 wanted = repository.wanted_versions(directory)
-            except ModelLoadFailed as exc:
+            except LoadRequestFailed as exc:
                 self._note_failure(name, repository.versions_on_disk(directory), exc.message)
                 raise
             self._unloaded.discard(name)
@@ -183,33 +149,32 @@ class ModelRegistry:
                 reasons = "; ".join(f"version {e.version}: {e.reason}" for e in failed)
                 message = f"model '{name}' failed to load: {reasons}"
                 self._note_failure(name, [], message)
-                raise ModelLoadFailed(message)
+                raise LoadRequestFailed(message)
             for entry in self._models[name].values():
                 entry.last_load_error = None
             await self._retire(name, keep=set(wanted))
             return [self._models[name][v] for v in wanted]
 
-    async def load_version(self, name: str, version: str) -> ModelVersion:
-        """Load one version beside whatever already serves; on failure the others are untouched."""
-        async with self._lock(name):
-            return await self._load_version(name, version)
-
     async def _load_version(self, name: str, version: str) -> ModelVersion:
-        path = self.settings.model_repository / name / version
-        entry = ModelVersion(name, version, path)
+        """Load one version beside whatever already serves; on failure the others are
+        untouched, and a version that already served goes on serving."""
+        entry = ModelVersion(name, version, self.settings.model_repository / name / version)
         previous = self._models.setdefault(name, {}).get(version)
         if previous is None:
             self._models[name][version] = entry
         try:
-            await self._load_into(entry)
+            entry.loaded = await load_model(
+                name, version, entry.path, self.settings, self._executor, self._observer(entry)
+            )
         except (CheckpointError, ServiceError, OSError, RuntimeError, ValueError) as exc:
-            entry.state, entry.reason = FAILED, str(exc)
+            entry.state, entry.reason = ModelState.FAILED, str(exc)
             log.warning("model %s version %s failed to load: %s", name, version, exc)
             if previous is not None and previous.ready:
                 previous.last_load_error = str(exc)
             else:
                 self._models[name][version] = entry
             return entry
+        entry.state = ModelState.READY
         self._models[name][version] = entry
         if previous is not None and previous is not entry:
             await self._release(previous)
@@ -232,7 +197,7 @@ class ModelRegistry:
         for version in versions:
             if version not in entries:
                 path = self.settings.model_repository / name / version
-                entries[version] = ModelVersion(name, version, path, FAILED, message)
+                entries[version] = ModelVersion(name, version, path, ModelState.FAILED, message)
 
     async def _retire(self, name: str, keep: set[str]) -> None:
         """Drain and free the versions the policy no longer serves; forget those gone from disk."""
@@ -240,67 +205,22 @@ class ModelRegistry:
         for version, entry in list(entries.items()):
             if version in keep:
                 continue
-            if entry.batcher is not None:
-                await self._release(entry)
+            await self._release(entry)
             if not entry.path.is_dir():
                 del entries[version]
             else:
-                entry.state, entry.reason = UNAVAILABLE, "not in the version policy"
+                entry.state, entry.reason = ModelState.UNAVAILABLE, "not in the version policy"
 
-    async def _load_into(self, entry: ModelVersion) -> None:
-        loop = asyncio.get_running_loop()
-        device = resolve_device(self._configured_device(entry.path))
-        model, config = await loop.run_in_executor(None, load_checkpoint, entry.path, device)
-        if config.name != entry.name:
-            raise CheckpointError(
-                f"config.json names the model '{config.name}' but it lies under '{entry.name}'"
-            )
-        if self.settings.compile:
-            model = torch.compile(model, dynamic=True)  # type: ignore[assignment]
-        servable = make_servable(model, config, device)
-        executor = self._executor(device)
-        if self.settings.warmup:
-            await loop.run_in_executor(executor, _warm_up, servable)
-        entry.config, entry.servable, entry.device = config, servable, str(device)
-        entry.weights_sha256 = config.weights_sha256 or sha256_file(
-            weights_path(entry.path, config)
-        )
-        entry.batcher = DynamicBatcher(
-            run_batch=_inference_call(servable),
-            executor=executor,
-            limits=self._limits(config),
-            item_tokens=servable.item_tokens,
-            observer=self._batch_observer(entry),
-        )
-        entry.batcher.start()
-        entry.state, entry.reason = READY, None
-
-    def _configured_device(self, path: Path) -> str:
-        try:
-            return read_config(path).device or self.settings.device
-        except CheckpointError:
-            return self.settings.device
-
-    def _limits(self, config: ModelConfig) -> BatchLimits:
-        s, own = self.settings, config.batching
-        return BatchLimits(
-            max_batch_size=own.max_batch_size or s.max_batch_size,
-            max_batch_delay_ms=s.max_batch_delay_ms
-            if own.max_batch_delay_ms is None
-            else own.max_batch_delay_ms,
-            max_batch_tokens=(own.max_batch_tokens or s.max_batch_tokens)
-            if config.input.kind == "text"
-            else None,
-            max_queue_size=s.max_queue_size,
-            retry_after_s=s.retry_after_s,
-            idle_turns_to_close=s.batch_idle_turns,
-        )
-
-    def _batch_observer(self, entry: ModelVersion) -> Callable[[BatchReport], None] | None:
-        observer = self._observer
-        if observer is None:
+    def _observer(self, entry: ModelVersion) -> Callable[[BatchReport], None] | None:
+        on_batch = self._on_batch
+        if on_batch is None:
             return None
-        return lambda report: observer(entry, report)
+
+        def observe(report: BatchReport) -> None:
+            if entry.loaded is not None:
+                on_batch(entry.loaded, report)
+
+        return observe
 
     def _executor(self, device: torch.device) -> ThreadPoolExecutor:
         # One inference thread per device: GPU work is serialised on its stream, and CPU models
@@ -311,48 +231,39 @@ class ModelRegistry:
         return self._executors[key]
 
     # -- unloading ----------------------------------------------------------------------------
-    async def unload_version(self, name: str, version: str) -> None:
-        async with self._lock(name):
-            entry = self.find(name, version)
-            await self._release(entry)
-            entry.state, entry.reason = UNAVAILABLE, "unloaded"
-
     async def unload_model(self, name: str) -> None:
         """Stop serving every version: queued requests finish first, then memory is freed."""
         async with self._lock(name):
             for entry in self.versions(name):
-                if entry.batcher is not None:
-                    await self._release(entry)
-                entry.state, entry.reason = UNAVAILABLE, "unloaded"
+                await self._release(entry)
+                entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
             self._unloaded.add(name)
 
     async def _release(self, entry: ModelVersion) -> None:
         """Let queued work finish, then free the model (and its GPU memory)."""
+        loaded = entry.loaded
+        if loaded is None:
+            return
         was = entry.state
-        entry.state = UNLOADING
-        if entry.batcher is not None:
-            await entry.batcher.stop()
-        entry.servable, entry.batcher = None, None
+        entry.state = ModelState.UNLOADING
+        await loaded.batcher.stop()
+        entry.loaded = None
+        del loaded
         # The stopped collector task is held until its done-callbacks run on the next loop turn,
         # and through it the model; collect after that turn, or the (GPU) memory lingers until
         # some later full collection.
         await asyncio.sleep(0)
         gc.collect()
-        if entry.device and entry.device.startswith("cuda"):
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        entry.state = was if was != READY else UNAVAILABLE
+        entry.state = was if was is not ModelState.READY else ModelState.UNAVAILABLE
 
     async def close(self) -> None:
-        for name in list(self._models):
-            for entry in list(self._models[name].values()):
-                if entry.batcher is not None:
-                    await self._release(entry)
+        for entries in list(self._models.values()):
+            for entry in list(entries.values()):
+                await self._release(entry)
         for executor in self._executors.values():
             executor.shutdown(wait=True)
-
-
-def _index_row(name: str, version: str, state: str, reason: str) -> dict[str, str]:
-    return {"name": name, "version": version, "state": state, "reason": reason}
 
 
 def _not_loaded_reasons(directory: Path, versions: list[str]) -> dict[str, str]:
@@ -360,25 +271,6 @@ def _not_loaded_reasons(directory: Path, versions: list[str]) -> dict[str, str]:
     was loaded."""
     try:
         wanted = repository.read_model_settings(directory).version_policy.select(versions)
-    except ModelLoadFailed as exc:
+    except LoadRequestFailed as exc:
         return dict.fromkeys(versions, exc.message)
     return {v: "not loaded" if v in wanted else "not in the version policy" for v in versions}
-
-
-def _inference_call(servable: Servable) -> Callable[[list[Any]], list[Any]]:
-    def run(items: list[Any]) -> list[Any]:
-        with torch.inference_mode():
-            return servable.run(items)
-
-    return run
-
-
-def _warm_up(servable: Servable) -> None:
-    # A few passes at batch sizes 1 and 8 so the first real requests don't pay allocator and
-    # kernel-selection costs.
-    with torch.inference_mode():
-        item = servable.warmup_item()
-        for size in (1, 8, 1):
-            servable.run([item] * size)
-        if servable.device.type == "cuda":
-            torch.cuda.synchronize(servable.device)

@@ -13,18 +13,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from app.errors import ServiceError
+from app.errors import LoadRequestFailed
 
 MODEL_FILE = "model.json"
 # The same rule as a checkpoint's config name; it also keeps '..' and the like out of paths.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class ModelLoadFailed(ServiceError):
-    """A load request that could not be carried out; what served before still serves."""
-
-    status = 400
-    code = "load_failed"
 
 
 class _Strict(BaseModel):
@@ -78,7 +71,7 @@ def version_key(version: str) -> tuple[int, str]:
 def model_dir(root: Path, name: str) -> Path:
     """The model's directory; a name that is not a plain directory name is refused."""
     if not MODEL_NAME.match(name):
-        raise ModelLoadFailed(f"'{name}' is not a valid model name")
+        raise LoadRequestFailed(f"'{name}' is not a valid model name")
     return root / name
 
 
@@ -111,19 +104,19 @@ def read_model_settings(directory: Path) -> ModelSettings:
             f"{'.'.join(str(p) for p in e['loc']) or 'model.json'}: {e['msg']}"
             for e in exc.errors()
         )
-        raise ModelLoadFailed(f"{path} is invalid: {problems}") from None
+        raise LoadRequestFailed(f"{path} is invalid: {problems}") from None
     except OSError as exc:
-        raise ModelLoadFailed(f"cannot read {path}: {exc}") from None
+        raise LoadRequestFailed(f"cannot read {path}: {exc}") from None
 
 
 def wanted_versions(directory: Path) -> list[str]:
     """The versions on disk that the model's policy serves; none is a load failure."""
     versions = versions_on_disk(directory)
     if not versions:
-        raise ModelLoadFailed(f"{directory} has no version directories (1/, 2/, ...)")
+        raise LoadRequestFailed(f"{directory} has no version directories (1/, 2/, ...)")
     wanted = read_model_settings(directory).version_policy.select(versions)
     if not wanted:
-        raise ModelLoadFailed(
+        raise LoadRequestFailed(
             f"no version of {directory.name} on disk ({', '.join(versions)}) matches its "
             "version_policy"
         )

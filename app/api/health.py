@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from app.service import Service
+from app.serving.dataplane import DataPlane
 
 log = logging.getLogger("batchserve")
 PATHS = ("/v2/health/live", "/v2/health/ready")
@@ -20,9 +20,8 @@ PATHS = ("/v2/health/live", "/v2/health/ready")
 class HealthServer:
     """`GET /v2/health/live` and `/v2/health/ready` on `host:port`, as on the main port."""
 
-    def __init__(self, service: Service, host: str, port: int) -> None:
-        self.service = service
-        self._server = ThreadingHTTPServer((host, port), _handler(service))
+    def __init__(self, plane: DataPlane, host: str, port: int) -> None:
+        self._server = ThreadingHTTPServer((host, port), _handler(plane))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
@@ -41,13 +40,13 @@ class HealthServer:
         self._server.server_close()
 
 
-def _handler(service: Service) -> type[BaseHTTPRequestHandler]:
+def _handler(plane: DataPlane) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == PATHS[0]:
                 self._answer(200, {"live": True})
             elif self.path == PATHS[1]:
-                ready = _ready(service)
+                ready = _ready(plane)
                 self._answer(200 if ready else 503, {"ready": ready})
             else:
                 self._answer(404, {"error": f"only {', '.join(PATHS)} are served on this port"})
@@ -66,10 +65,10 @@ def _handler(service: Service) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _ready(service: Service) -> bool:
+def _ready(plane: DataPlane) -> bool:
     # Read from this thread while the event loop may be loading a model: a dict that changes
     # size under the iteration raises, and "not ready this instant" is the honest answer.
     try:
-        return service.ready()
+        return plane.readiness().ready
     except RuntimeError:
         return False

@@ -1,24 +1,16 @@
-"""The `/v1` request and response bodies: Pydantic models for the OpenAPI page, and the one-pass
-checks that the hot path runs on the parsed JSON instead of a second validation."""
+"""The `/v1` request and response bodies: Pydantic models for the OpenAPI page and the Python
+client (so no FastAPI here), and the one-pass checks that the handlers run on the parsed JSON
+instead of a second validation."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import InvalidInput
 
 _DIGIT: list[Any] = [0.0] * 784  # an all-black image; the OpenAPI example for mnist-mlp
-
-
-ModelName = Annotated[
-    str, Path(description="The model's name.", examples=["mnist-mlp", "names-rnn", "names-lm"])
-]
-VersionId = Annotated[
-    str, Path(description="A version of the model (a positive integer).", examples=["1"])
-]
 
 
 class ErrorResponse(BaseModel):

@@ -11,7 +11,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import DEADLINE_PASSED, DeadlineExceeded, ItemFailed, ModelNotReady, QueueFull
+from app.errors import (
+    DEADLINE_PASSED,
+    DeadlineExceeded,
+    ItemFailed,
+    ModelNotReady,
+    QueueFull,
+    ServiceError,
+)
 
 
 @dataclass(slots=True)
@@ -218,9 +225,7 @@ class DynamicBatcher:
                 continue
             if isinstance(output, _ItemError):
                 failed += 1
-                item.future.set_exception(
-                    ItemFailed(f"the model failed on this item: {output.error}")
-                )
+                item.future.set_exception(_item_error(output.error))
             else:
                 item.future.set_result(output)
         turnaround_s = time.monotonic() - started
@@ -229,6 +234,13 @@ class DynamicBatcher:
             queue_s = [w.queue_s for w in batch]
             tokens = sum(w.tokens for w in batch)
             self.observer(BatchReport(len(batch), tokens, queue_s, compute_s, failed))
+
+
+def _item_error(error: BaseException) -> ServiceError:
+    # A ServiceError says itself what was wrong with the item (e.g. a non-finite output).
+    if isinstance(error, ServiceError):
+        return error
+    return ItemFailed(f"the model failed on this item: {error}")
 
 
 def _run_isolating_failures(

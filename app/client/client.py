@@ -20,7 +20,13 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from app.schemas import ModelList, ModelMetadata, ModelSummary, PredictResponse, ScoreResponse
+from app.api.v1.schemas import (
+    ModelList,
+    ModelMetadata,
+    ModelSummary,
+    PredictResponse,
+    ScoreResponse,
+)
 
 __all__ = [
     "AsyncClient",

@@ -1,14 +1,15 @@
-"""The small contract between the service and a loaded model: check one item, then for a batch
-of checked items collate them, run one forward pass and split the result per item.
-
-`parse_*` runs on the event loop and raises `InvalidInput` naming the field; `run` runs on the
-device's inference thread under `torch.inference_mode()`."""
+"""The contract between the service and a loaded model: `parse_item` checks one item (on the event
+loop, raising `InvalidInput` that names the field); `run` collates a batch of checked items, runs
+one forward pass and splits the output per item; `encode` turns one item's output into its typed
+result. `run` and `encode` are called on the device's inference thread under
+`torch.inference_mode()`."""
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -16,17 +17,25 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from app.errors import InvalidInput
+from app.serving.results import ClassScores, SequenceScore
 from models.checkpoint import ModelConfig, TextInput, VectorInput
 from models.text import CharVocab, normalize
+
+Task = Literal["classify", "score"]
+ItemT = TypeVar("ItemT")
+OutputT = TypeVar("OutputT")
+ResultT = TypeVar("ResultT")
 
 
 @dataclass(frozen=True, slots=True)
 class ScoreItem:
     """A token sequence to score: `tokens` are the targets (EOS included for whole strings);
-    the log-probabilities from position `score_from` on are summed."""
+    the log-probabilities from position `score_from` on are summed. A pair's continuation
+    starts at `score_from`; a whole string has score_from 0."""
 
     tokens: list[int]
     score_from: int
+    pair: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +44,10 @@ class TokenScores:
     is_greedy: bool
 
 
-class Servable:
-    """Base: a model in eval() on its device plus its config."""
+class Servable(ABC, Generic[ItemT, OutputT, ResultT]):
+    """A model in eval() on its device, its config, and how to feed it."""
 
-    task = "classify"
+    task: ClassVar[Task]
 
     def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
         self.model = model
@@ -46,15 +55,29 @@ class Servable:
         self.device = device
         self._pin = device.type == "cuda"
 
-    def item_tokens(self, item: Any) -> int:
+    @abstractmethod
+    def parse_item(self, raw: Any, field: str) -> ItemT:
+        """A checked item from its JSON form; raises InvalidInput naming `field`."""
+
+    @abstractmethod
+    def run(self, items: list[ItemT]) -> list[OutputT]:
+        """One forward pass over the batch; one output per item, in order."""
+
+    @abstractmethod
+    def encode(self, item: ItemT, output: OutputT) -> ResultT:
+        """The typed result of one item."""
+
+    @abstractmethod
+    def warmup_item(self) -> ItemT:
+        """A valid item, for warm-up passes."""
+
+    def item_tokens(self, item: ItemT) -> int:
         """The item's share of `max_batch_tokens`."""
         return 1
 
-    def run(self, items: list[Any]) -> list[Any]:
-        raise NotImplementedError
-
-    def warmup_item(self) -> Any:
-        raise NotImplementedError
+    def infer(self, items: list[ItemT]) -> list[ResultT]:
+        """`run`, then `encode` per item: what the batcher calls on the inference thread."""
+        return [self.encode(i, o) for i, o in zip(items, self.run(items), strict=True)]
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self._pin:
@@ -62,8 +85,20 @@ class Servable:
         return tensor
 
 
-class VectorClassifier(Servable):
-    """A classifier over fixed-size float vectors (the MNIST MLP); output: class probabilities."""
+Vector = np.ndarray[Any, np.dtype[np.float32]]
+
+
+class Classifier(Servable[ItemT, list[float], ClassScores]):
+    """Output: one row of class probabilities per item."""
+
+    task = "classify"
+
+    def encode(self, item: ItemT, output: list[float]) -> ClassScores:
+        return ClassScores(output)
+
+
+class VectorClassifier(Classifier[Vector]):
+    """A classifier over fixed-size float vectors (the MNIST MLP)."""
 
     def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
         super().__init__(model, config, device)
@@ -76,7 +111,7 @@ class VectorClassifier(Servable):
         nested = [" or a " + "x".join(map(str, s)) + " nested list" for s in layouts if len(s) > 1]
         self.shapes_text = f"{self.width} numbers" + "".join(nested)
 
-    def parse_item(self, raw: Any, field: str) -> np.ndarray:
+    def parse_item(self, raw: Any, field: str) -> Vector:
         if not isinstance(raw, list) or not raw:
             raise InvalidInput(f"{field}: expected {self.shapes_text}, got {_json_type(raw)}")
         wrong = _element_types(raw) - {float, int}
@@ -98,12 +133,13 @@ class VectorClassifier(Servable):
         _check_range(flat, field, self.minimum, self.maximum)
         return flat
 
-    def run(self, items: list[np.ndarray]) -> list[list[float]]:
+    def run(self, items: list[Vector]) -> list[list[float]]:
         batch = self._to_device(torch.from_numpy(np.stack(items)))
         probabilities = torch.softmax(self.model(batch), dim=-1)
-        return probabilities.cpu().tolist()
+        rows: list[list[float]] = probabilities.cpu().tolist()
+        return rows
 
-    def warmup_item(self) -> np.ndarray:
+    def warmup_item(self) -> Vector:
         return np.zeros(self.width, dtype=np.float32)
 
 
@@ -117,7 +153,7 @@ def _element_types(raw: list[Any]) -> set[type]:
     return types
 
 
-def _check_range(flat: np.ndarray, field: str, low: float | None, high: float | None) -> None:
+def _check_range(flat: Vector, field: str, low: float | None, high: float | None) -> None:
     finite = np.isfinite(flat)
     if not finite.all():
         raise InvalidInput(f"{field}: element {int(np.argmin(finite))} is not a finite number")
@@ -133,12 +169,12 @@ def _check_range(flat: np.ndarray, field: str, low: float | None, high: float | 
         )
 
 
-class TextModel(Servable):
-    """Shared string checks for character models."""
+class CharacterInput:
+    """The string checks shared by the character models: normalization, length, alphabet."""
 
-    def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
-        super().__init__(model, config, device)
+    def __init__(self, config: ModelConfig) -> None:
         assert isinstance(config.input, TextInput)
+        self.alphabet = config.input.alphabet
         self.vocab = CharVocab(config.input.alphabet)
         self.max_length = config.input.max_length
         self.normalize_mode = config.input.normalize
@@ -159,53 +195,73 @@ class TextModel(Servable):
             raise InvalidInput(f"{field}: characters outside the model's alphabet: {shown}")
         return self.vocab.encode(text)
 
-    def item_tokens(self, item: Any) -> int:
-        return len(item.tokens) if isinstance(item, ScoreItem) else len(item)
-
-    def _padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-        padded = pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True)
-        return self._to_device(padded), lengths
+    def warmup_characters(self) -> list[int]:
+        return self.vocab.encode(self.alphabet[:4])
 
 
-class TextClassifier(TextModel):
-    """A classifier over strings (the surname RNN); output: class probabilities."""
+def _padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of token ids as one zero-padded [B, T] tensor, and their lengths."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    padded = pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True)
+    return padded, lengths
+
+
+class TextClassifier(Classifier[list[int]]):
+    """A classifier over strings (the surname RNN)."""
+
+    def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
+        super().__init__(model, config, device)
+        self.text = CharacterInput(config)
 
     def parse_item(self, raw: Any, field: str) -> list[int]:
-        return self.encode(raw, field)
+        return self.text.encode(raw, field)
+
+    def item_tokens(self, item: list[int]) -> int:
+        return len(item)
 
     def run(self, items: list[list[int]]) -> list[list[float]]:
-        chars, lengths = self._padded(items)
-        return self.model(chars, lengths).exp().cpu().tolist()
+        chars, lengths = _padded(items)
+        log_probs = self.model(self._to_device(chars), lengths)
+        rows: list[list[float]] = log_probs.exp().cpu().tolist()
+        return rows
 
     def warmup_item(self) -> list[int]:
-        return self.vocab.encode(self.config.input.alphabet[:4])  # type: ignore[union-attr]
+        return self.text.warmup_characters()
 
 
-class SequenceScorer(TextModel):
+class SequenceScorer(Servable[ScoreItem, TokenScores, SequenceScore]):
     """A character language model: ln P of strings, or of a continuation given a context."""
 
     task = "score"
 
+    def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
+        super().__init__(model, config, device)
+        self.text = CharacterInput(config)
+        self.vocab = self.text.vocab
+        self.max_length = self.text.max_length
+
     def parse_item(self, raw: Any, field: str) -> ScoreItem:
-        tokens = [*self.encode(raw, field), self.vocab.eos]
+        tokens = [*self.text.encode(raw, field), self.vocab.eos]
         return ScoreItem(tokens, 0)
 
     def parse_pair(self, context: Any, continuation: Any, field: str) -> ScoreItem:
-        before = self.encode(context, f"{field}.context", allow_empty=True)
-        after = self.encode(continuation, f"{field}.continuation")
+        before = self.text.encode(context, f"{field}.context", allow_empty=True)
+        after = self.text.encode(continuation, f"{field}.continuation")
         if len(before) + len(after) > self.max_length:
             raise InvalidInput(
                 f"{field}: context and continuation have {len(before) + len(after)} characters "
                 f"together; the limit is {self.max_length}"
             )
-        return ScoreItem([*before, *after], len(before))
+        return ScoreItem([*before, *after], len(before), pair=True)
+
+    def item_tokens(self, item: ScoreItem) -> int:
+        return len(item.tokens)
 
     def run(self, items: list[ScoreItem]) -> list[TokenScores]:
         # Input at step t is the token before target t: BOS, then the targets shifted right.
-        inputs, lengths = self._padded([[self.vocab.bos, *it.tokens[:-1]] for it in items])
-        targets, _ = self._padded([it.tokens for it in items])
-        log_probs = self.model(inputs, lengths)
+        inputs, lengths = _padded([[self.vocab.bos, *it.tokens[:-1]] for it in items])
+        targets = self._to_device(_padded([it.tokens for it in items])[0])
+        log_probs = self.model(self._to_device(inputs), lengths)
         picked = log_probs.gather(2, targets.unsqueeze(-1)).squeeze(-1)
         greedy = log_probs.argmax(dim=-1) == targets
         picked_rows, greedy_rows = picked.cpu().tolist(), greedy.cpu().tolist()
@@ -214,14 +270,23 @@ class SequenceScorer(TextModel):
             for it, p, g in zip(items, picked_rows, greedy_rows, strict=True)
         ]
 
-    def token_names(self, item: ScoreItem) -> list[str]:
-        return [self.vocab.token(t) for t in item.tokens[item.score_from :]]
+    def encode(self, item: ScoreItem, output: TokenScores) -> SequenceScore:
+        log_probs = output.log_probs
+        log_prob = math.fsum(log_probs)
+        tokens = tuple(self.vocab.token(t) for t in item.tokens[item.score_from :])
+        if item.pair:
+            return SequenceScore(log_prob, tokens, tuple(log_probs), None, output.is_greedy)
+        perplexity = math.exp(-log_prob / len(log_probs))
+        return SequenceScore(log_prob, tokens, tuple(log_probs), perplexity, None)
 
     def warmup_item(self) -> ScoreItem:
-        return ScoreItem([*self.vocab.encode(self.config.input.alphabet[:4]), self.vocab.eos], 0)  # type: ignore[union-attr]
+        return ScoreItem([*self.text.warmup_characters(), self.vocab.eos], 0)
 
 
-def make_servable(model: nn.Module, config: ModelConfig, device: torch.device) -> Servable:
+AnyServable = Servable[Any, Any, Any]
+
+
+def make_servable(model: nn.Module, config: ModelConfig, device: torch.device) -> AnyServable:
     if config.task == "score":
         return SequenceScorer(model, config, device)
     if isinstance(config.input, TextInput):

@@ -1,0 +1,96 @@
+"""Raw ASGI plumbing for the HTTP transport: headers, bodies, JSON in and out. Raw ASGI because
+it sits on the hot path, in front of FastAPI's own stack."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Send
+
+from app.errors import ClientDisconnected, MalformedRequest, PayloadTooLarge
+
+JSON = b"application/json"
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    body: bytes
+    status: int = 200
+    content_type: bytes = JSON
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def json_response(
+    content: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> HttpResponse:
+    body = orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    return HttpResponse(body, status, JSON, headers or {})
+
+
+def error_body(message: str, code: str) -> bytes:
+    return orjson.dumps({"error": message, "code": code})
+
+
+def header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """A request header from the raw ASGI scope's list (names are lower-case there)."""
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def send_response(
+    send: Send,
+    response: HttpResponse,
+    extra: list[tuple[bytes, bytes]],
+    with_body: bool = True,
+) -> None:
+    """A whole response; `with_body=False` answers a HEAD request (same headers, no body)."""
+    raw = [
+        (b"content-type", response.content_type),
+        (b"content-length", str(len(response.body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in response.headers.items()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": response.status, "headers": raw})
+    await send({"type": "http.response.body", "body": response.body if with_body else b""})
+
+
+async def receive_body(receive: Receive, max_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `max_bytes` (even without Content-Length)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("the client disconnected while sending its body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"body: the request body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise MalformedRequest("body: empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"body: malformed JSON: {exc}") from None
+
+
+def disconnect_waiter(receive: Receive) -> Callable[[], Awaitable[None]]:
+    """A coroutine function that completes when the client goes away (after the body is read,
+    the next ASGI message is http.disconnect, or nothing)."""
+
+    async def wait() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return wait

@@ -1,0 +1,124 @@
+"""The OpenAPI document, made from the same endpoint table that `app.api.router` serves: each
+operation's path parameters, body, answer and the error statuses it can really give."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from app.api.router import Endpoint
+from app.api.v1.schemas import ErrorResponse
+
+REF = "#/components/schemas/{model}"
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "name": {
+        "description": "The model's name.",
+        "examples": ["mnist-mlp", "names-rnn", "names-lm"],
+    },
+    "version": {"description": "A version of the model (a positive integer).", "examples": ["1"]},
+}
+BINARY_BODY = (
+    "With the binary tensor data extension: the JSON request, then each input's binary data in "
+    "the order of `inputs`; the Inference-Header-Content-Length header gives the JSON's length."
+)
+BINARY_ANSWER = (
+    "With binary outputs: the JSON response (Inference-Header-Content-Length bytes), then each "
+    "binary output in order."
+)
+
+
+def openapi_document(
+    endpoints: list[Endpoint], title: str, version: str, description: str
+) -> dict[str, Any]:
+    components = _components(endpoints)
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in endpoints:
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "description": description},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+
+
+def _operation(endpoint: Endpoint) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "tags": list(endpoint.tags),
+        "summary": endpoint.summary,
+        "operationId": _operation_id(endpoint),
+        "responses": _responses(endpoint),
+    }
+    names = re.findall(r"\{(\w+)\}", endpoint.path)
+    if names:
+        operation["parameters"] = [_path_parameter(name) for name in names]
+    if endpoint.request_schema is not None:
+        operation["requestBody"] = _request_body(endpoint)
+    return operation
+
+
+def _operation_id(endpoint: Endpoint) -> str:
+    # FastAPI's scheme, so that ids (and the clients generated from them) stay as they were.
+    name = endpoint.operation or endpoint.handler.__name__
+    return re.sub(r"\W", "_", f"{name}{endpoint.path}") + "_" + endpoint.method.lower()
+
+
+def _path_parameter(name: str) -> dict[str, Any]:
+    documented = PATH_PARAMETERS[name]
+    schema = {"type": "string", "title": name.title(), **documented}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": documented["description"],
+        "schema": schema,
+    }
+
+
+def _request_body(endpoint: Endpoint) -> dict[str, Any]:
+    assert endpoint.request_schema is not None
+    content: dict[str, Any] = {"application/json": {"schema": _schema_of(endpoint.request_schema)}}
+    body: dict[str, Any] = {"required": endpoint.request_required, "content": content}
+    if endpoint.docs.get("binary"):
+        content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+        body["description"] = BINARY_BODY
+    return body
+
+
+def _responses(endpoint: Endpoint) -> dict[str, Any]:
+    if endpoint.docs.get("produces") == "text/plain":
+        content: dict[str, Any] = {"text/plain": {"schema": {"type": "string"}}}
+    else:
+        content = {"application/json": {"schema": _schema_of(endpoint.response_schema)}}
+    ok: dict[str, Any] = {"description": "Successful Response", "content": content}
+    if endpoint.docs.get("binary"):
+        content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+        ok["description"] = f"Successful Response. {BINARY_ANSWER}"
+    responses: dict[str, Any] = {"200": ok}
+    error = {"application/json": {"schema": _schema_of(ErrorResponse)}}
+    for status in sorted(endpoint.errors):
+        responses[str(status)] = {"description": endpoint.errors[status], "content": error}
+    return responses
+
+
+def _schema_of(annotation: Any) -> dict[str, Any]:
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        return {"type": "array", "items": _schema_of(item)}
+    return {"$ref": REF.format(model=annotation.__name__)}
+
+
+def _components(endpoints: list[Endpoint]) -> dict[str, Any]:
+    models: dict[type[BaseModel], None] = {ErrorResponse: None}
+    for endpoint in endpoints:
+        for annotation in (endpoint.request_schema, endpoint.response_schema):
+            while get_origin(annotation) is list:
+                (annotation,) = get_args(annotation)
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                models[annotation] = None
+    _, schemas = models_json_schema([(model, "validation") for model in models], ref_template=REF)
+    defs: dict[str, Any] = schemas.get("$defs", {})
+    return defs

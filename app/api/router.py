@@ -1,0 +1,255 @@
+"""The HTTP transport's one endpoint table and the raw-ASGI front that serves it.
+
+Every API operation is an `Endpoint` in one table: the front matches requests against it here,
+and `app.api.openapi` documents the same table, so what is served and what is documented cannot
+drift. Paths are matched on the raw (still percent-encoded) path with the mount's root_path
+removed: an encoded slash stays inside its segment, as the proxies in front assume. What the
+table does not hold (the docs pages, the OpenAPI document) goes on to FastAPI."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote
+
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.context import Accounting, Keys, RequestIds, check_bearer, deadline_from
+from app.api.http import (
+    HttpResponse,
+    disconnect_waiter,
+    error_body,
+    header,
+    receive_body,
+    send_response,
+)
+from app.errors import (
+    InvalidInput,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    ShuttingDown,
+)
+from app.serving.context import RequestContext
+from app.serving.dataplane import DataPlane
+from app.settings import Settings
+
+log = logging.getLogger("batchserve")
+
+Auth = Literal["none", "user", "admin", "metrics"]
+
+
+@dataclass(slots=True)
+class Call:
+    """One HTTP request as a handler sees it."""
+
+    plane: DataPlane
+    settings: Settings
+    params: dict[str, str]
+    ctx: RequestContext
+    scope: Scope
+    receive: Receive
+
+    def header(self, name: bytes) -> str | None:
+        return header(self.scope["headers"], name)
+
+    async def body(self) -> bytes:
+        return await receive_body(self.receive, self.settings.max_body_bytes)
+
+
+Handler = Callable[[Call], Awaitable[HttpResponse]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One operation: how it is matched, guarded and served, and how it is documented."""
+
+    method: Literal["GET", "POST"]
+    path: str  # a template: /v1/models/{name}/versions/{version}/predict
+    handler: Handler
+    summary: str
+    tags: tuple[str, ...]
+    auth: Auth = "user"
+    inference: bool = False  # reads the deadline header and watches for a disconnect
+    served_while_draining: bool = False  # health and metrics answer during shutdown
+    invalid_input_status: int = InvalidInput.status  # the Open Inference Protocol answers 400
+    request_schema: type[BaseModel] | None = None
+    request_required: bool = True
+    response_schema: Any = None  # a pydantic model, or a type such as list[Model]
+    errors: Mapping[int, str] = field(default_factory=dict)  # documented error statuses
+    docs: Mapping[str, Any] = field(default_factory=dict)  # OpenAPI extras for this operation
+    operation: str = ""  # its name in the OpenAPI operationId; the handler's name by default
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    endpoint: Endpoint
+    segments: tuple[str | None, ...]  # None: a parameter
+    names: tuple[str, ...]
+
+
+class Routes:
+    """The table, indexed for matching by segment count."""
+
+    def __init__(self, endpoints: list[Endpoint]) -> None:
+        self.endpoints = endpoints
+        self._by_length: dict[int, list[_Pattern]] = {}
+        for endpoint in endpoints:
+            parts = endpoint.path.strip("/").split("/")
+            segments = tuple(None if p.startswith("{") else p for p in parts)
+            names = tuple(p[1:-1] for p in parts if p.startswith("{"))
+            self._by_length.setdefault(len(parts), []).append(_Pattern(endpoint, segments, names))
+
+    def match(self, method: str, raw_path: bytes) -> tuple[Endpoint, dict[str, str]] | None:
+        """The endpoint and its path parameters; None when no path matches. A path that matches
+        with another method raises MethodNotAllowed."""
+        parts = raw_path.strip(b"/").split(b"/")
+        allowed: list[str] = []
+        for pattern in self._by_length.get(len(parts), ()):
+            params = _bind(pattern, parts)
+            if params is None:
+                continue
+            if pattern.endpoint.method == method:
+                return pattern.endpoint, params
+            allowed.append(pattern.endpoint.method)
+        if allowed:
+            raise MethodNotAllowed(
+                f"{method} is not allowed here; allowed: {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        return None
+
+
+def _bind(pattern: _Pattern, parts: list[bytes]) -> dict[str, str] | None:
+    values: list[str] = []
+    for want, got in zip(pattern.segments, parts, strict=True):
+        if want is None:
+            if not got:
+                return None
+            values.append(unquote(got.decode("latin-1"), errors="replace"))
+        elif got != want.encode():
+            return None
+    return dict(zip(pattern.names, values, strict=True))
+
+
+class HttpFront:
+    """The ASGI app in front: request id, early refusals, dispatch on the endpoint table, one
+    error mapping, and the accounting of every request (FastAPI's included)."""
+
+    def __init__(
+        self,
+        routes: Routes,
+        plane: DataPlane,
+        keys: Keys,
+        accounting: Accounting,
+        fallback: ASGIApp,
+        fallback_paths: tuple[bytes, ...],
+    ) -> None:
+        """`fallback` serves the paths under `fallback_paths` (the docs site)."""
+        self.routes = routes
+        self.plane = plane
+        self.settings = plane.settings
+        self.keys = keys
+        self.accounting = accounting
+        self.fallback = fallback
+        self.fallback_paths = fallback_paths
+        self.ids = RequestIds()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.fallback(scope, receive, send)  # lifespan
+            return
+        started = time.perf_counter()
+        ctx = RequestContext(self.ids.take(header(scope["headers"], b"x-request-id")))
+        status = 500
+
+        async def send_with_id(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-request-id", ctx.request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self._dispatch(scope, receive, send_with_id, ctx)
+        finally:
+            seconds = time.perf_counter() - started
+            self.accounting.record(ctx, scope["method"], scope["path"], status, seconds)
+
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+    ) -> None:
+        endpoint: Endpoint | None = None
+        try:
+            self._refuse_early(scope)
+            path = _route_path(scope)
+            found = self.routes.match(scope["method"], path)
+            if found is not None:
+                endpoint = found[0]
+            if self.plane.lifecycle.draining and not (endpoint and endpoint.served_while_draining):
+                raise ShuttingDown("the server is shutting down", headers={"Connection": "close"})
+            if found is None:
+                if not path.startswith(self.fallback_paths):
+                    raise NotFound("Not Found")
+                await self.fallback(scope, receive, send)
+                return
+            response = await self._serve(found[0], found[1], scope, receive, ctx)
+        except ServiceError as exc:
+            ctx.error = exc.code
+            status = exc.status
+            if isinstance(exc, InvalidInput) and endpoint is not None:
+                status = endpoint.invalid_input_status
+            response = HttpResponse(error_body(exc.message, exc.code), status, headers=exc.headers)
+        except Exception as exc:  # a bug; the answer must still be JSON
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            ctx.error = "internal"
+            body = error_body(f"internal error: {type(exc).__name__}", "internal")
+            response = HttpResponse(body, 500)
+        await send_response(send, response, [])
+
+    def _refuse_early(self, scope: Scope) -> None:
+        """Before any routing: a declared body over the limit (413)."""
+        length = header(scope["headers"], b"content-length")
+        limit = self.settings.max_body_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise PayloadTooLarge(
+                f"body: the request body exceeds the limit of {limit} bytes",
+                headers={"Connection": "close"},
+            )
+
+    async def _serve(
+        self,
+        endpoint: Endpoint,
+        params: dict[str, str],
+        scope: Scope,
+        receive: Receive,
+        ctx: RequestContext,
+    ) -> HttpResponse:
+        authorization = header(scope["headers"], b"authorization")
+        if endpoint.auth == "user" or (
+            endpoint.auth == "metrics" and self.settings.protect_metrics
+        ):
+            check_bearer(authorization, self.keys.user)
+        elif endpoint.auth == "admin":
+            check_bearer(authorization, self.keys.admin)
+        if endpoint.inference:
+            ctx.deadline = deadline_from(header(scope["headers"], b"x-request-timeout-ms"))
+            ctx.disconnected = disconnect_waiter(receive)
+        return await endpoint.handler(Call(self.plane, self.settings, params, ctx, scope, receive))
+
+
+def _route_path(scope: Scope) -> bytes:
+    """The raw request path below the mount point (uvicorn's --root-path)."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    root = scope.get("root_path", "").encode()
+    if root and raw.startswith(root):
+        raw = raw[len(root) :]
+    return raw.split(b"?", 1)[0] or b"/"

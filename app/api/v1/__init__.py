@@ -1,0 +1,1 @@
+"""batchserve's native /v1 API: endpoints and their request/response schemas."""

@@ -1,0 +1,28 @@
+"""What the serving core needs to know about one request, whatever transport brought it, and what
+it reports back about the work done for it (for the access log and the metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str = ""
+    deadline: float | None = None  # time.monotonic() by which the work must have started
+    disconnected: Callable[[], Awaitable[Any]] | None = None  # completes if the client leaves
+    # Filled in by the data plane as the request is served.
+    endpoint: str = ""
+    model: str = ""  # set only once the model is known: unknown names never become labels
+    version: str = ""
+    items: int = 0
+    batch_size: int = 0
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    error: str = ""  # the error's code, when the request failed
+
+    def worked(self) -> bool:
+        """Whether any item of this request reached the batcher."""
+        return self.items > 0

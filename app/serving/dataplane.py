@@ -1,0 +1,245 @@
+"""The data plane: every operation the server offers, on typed requests and typed results, with no
+transport in sight. /v1, the Open Inference Protocol and gRPC each decode a request, call one of
+these, and encode what comes back.
+
+Inference is two steps, so that a transport can refuse cheaply before it parses a body: `bind`
+picks the model version and checks that its queue has room (and labels the request context);
+then `classify`/`score` check the items, queue them and wait. Nothing awaits between the two when
+the body is already read, so a version swap cannot slip in between."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import (
+    DEADLINE_PASSED,
+    ClientDisconnected,
+    DeadlineExceeded,
+    ServiceError,
+    WrongEndpoint,
+)
+from app.serving.batcher import WorkItem
+from app.serving.context import RequestContext
+from app.serving.loader import LoadedModel
+from app.serving.registry import ModelRegistry, ModelVersion
+from app.serving.results import (
+    BatchingInfo,
+    Classification,
+    IndexEntry,
+    ModelState,
+    ModelSummary,
+    Readiness,
+    Scores,
+    VersionInfo,
+)
+from app.serving.servables import SequenceScorer, Task
+from app.settings import Settings
+
+
+@dataclass
+class Lifecycle:
+    """Shared by the SIGTERM handler, the transports and the readiness check."""
+
+    draining: bool = False  # set on SIGTERM: new requests are refused, accepted ones finish
+
+
+class DataPlane:
+    def __init__(self, settings: Settings, registry: ModelRegistry, lifecycle: Lifecycle) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.lifecycle = lifecycle
+
+    # -- inference ----------------------------------------------------------------------------
+    def require(self, name: str, version: str | None) -> None:
+        """Raise 404/503 now if the model cannot serve: before a transport reads the body."""
+        self.registry.get(name, version)
+
+    def bind(
+        self, name: str, version: str | None, ctx: RequestContext, endpoint: str
+    ) -> LoadedModel:
+        """The version that will serve this request, once its queue has room for it."""
+        ctx.endpoint = endpoint
+        model = self.registry.get(name, version)
+        # Labelled only once the model is known: unknown names must not grow the metrics' labels.
+        ctx.model, ctx.version = model.name, model.version
+        model.batcher.check_room(1, ctx.deadline)
+        return model
+
+    async def classify(
+        self, model: LoadedModel, raw_items: Sequence[Any], ctx: RequestContext, field: str
+    ) -> Classification:
+        """Class probabilities for each item; `field` names the items in error messages."""
+        _expect(model, "classify")
+        servable = model.servable
+        items = [servable.parse_item(raw, f"{field}[{i}]") for i, raw in enumerate(raw_items)]
+        results = await self._run(model, items, ctx, field)
+        return Classification(model.name, model.version, model.config.labels, results)
+
+    async def score(
+        self, model: LoadedModel, raw_items: Sequence[Any], ctx: RequestContext, field: str
+    ) -> Scores:
+        """ln P of each whole string, end-of-sequence included."""
+        _expect(model, "score")
+        servable = model.servable
+        items = [servable.parse_item(raw, f"{field}[{i}]") for i, raw in enumerate(raw_items)]
+        return Scores(model.name, model.version, await self._run(model, items, ctx, field))
+
+    async def score_pairs(
+        self,
+        model: LoadedModel,
+        pairs: Sequence[tuple[Any, Any]],
+        ctx: RequestContext,
+        field: str,
+    ) -> Scores:
+        """ln P(continuation | context) of each (context, continuation), and whether the
+        continuation is the model's greedy choice."""
+        _expect(model, "score")
+        servable = model.servable
+        assert isinstance(servable, SequenceScorer)
+        items = [
+            servable.parse_pair(context, continuation, f"{field}[{i}]")
+            for i, (context, continuation) in enumerate(pairs)
+        ]
+        return Scores(model.name, model.version, await self._run(model, items, ctx, field))
+
+    async def _run(
+        self, model: LoadedModel, items: Sequence[Any], ctx: RequestContext, field: str
+    ) -> list[Any]:
+        """Queue the items, wait for all of them, and return their results in order."""
+        batcher = model.batcher
+        work = batcher.submit(items, ctx.deadline)
+        futures = [w.future for w in work]
+        try:
+            await _wait(work, ctx)
+        finally:
+            if not all(f.done() for f in futures):
+                batcher.discard(work)  # dropped before compute, and out of the queue's count
+        ctx.items = len(work)
+        ctx.batch_size = max(w.batch_size for w in work)
+        ctx.queue_ms = round(max(w.queue_s for w in work) * 1000, 3)
+        ctx.compute_ms = round(max(w.compute_s for w in work) * 1000, 3)
+        results = []
+        for i, future in enumerate(futures):
+            error = future.exception()
+            if isinstance(error, ServiceError) and len(futures) > 1:
+                if not isinstance(error, DeadlineExceeded):
+                    error.message = f"{field}[{i}]: {error.message}"
+            if error is not None:
+                raise error
+            results.append(future.result())
+        return results
+
+    # -- metadata and health ------------------------------------------------------------------
+    def models(self) -> list[ModelSummary]:
+        summaries = []
+        for name in self.registry.names():
+            versions = self.registry.versions(name)
+            default = self.registry.default_version(name)
+            shown = default or versions[-1]
+            config = shown.config
+            summaries.append(
+                ModelSummary(
+                    name=name,
+                    versions=[v.version for v in versions],
+                    default_version=default.version if default else None,
+                    task=config.task if config else None,
+                    state=shown.state,
+                    device=shown.loaded.device if shown.loaded else None,
+                )
+            )
+        return summaries
+
+    def describe(self, name: str, version: str | None = None) -> VersionInfo:
+        """The named version (or the default one), in whatever state it is."""
+        entry = self.registry.find(name, version)
+        return _version_info(entry, [v.version for v in self.registry.versions(name)])
+
+    def readiness(self) -> Readiness:
+        if self.lifecycle.draining:
+            return Readiness(False, "the server is shutting down")
+        missing = self.registry.not_ready()
+        if missing:
+            return Readiness(False, f"no ready version of: {', '.join(missing)}")
+        return Readiness(True)
+
+    def queue_depths(self) -> list[tuple[str, str, int, ModelState]]:
+        """(name, version, items queued or computing, state) of every version known."""
+        rows = []
+        for name in self.registry.names():
+            for entry in self.registry.versions(name):
+                busy = entry.loaded.batcher.busy_items if entry.loaded else 0
+                rows.append((name, entry.version, busy, entry.state))
+        return rows
+
+    # -- the model repository -----------------------------------------------------------------
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        rows = [IndexEntry(*row) for row in self.registry.index()]
+        return [r for r in rows if r.state is ModelState.READY or not ready_only]
+
+    async def load(self, name: str) -> list[str]:
+        """Serve what the model's version policy wants; returns the versions now served."""
+        return [entry.version for entry in await self.registry.load_model(name)]
+
+    async def unload(self, name: str) -> None:
+        await self.registry.unload_model(name)
+
+
+def _expect(model: LoadedModel, task: Task) -> None:
+    if model.task != task:
+        raise WrongEndpoint(
+            f"model '{model.name}' is a {model.task} model and cannot {task} (it answers "
+            f"{model.task} requests)"
+        )
+
+
+def _version_info(entry: ModelVersion, versions: list[str]) -> VersionInfo:
+    loaded = entry.loaded
+    batching = None
+    if loaded is not None:
+        limits = loaded.batcher.limits
+        batching = BatchingInfo(
+            max_batch_size=limits.max_batch_size,
+            max_batch_delay_ms=limits.max_batch_delay_ms,
+            max_batch_tokens=limits.max_batch_tokens,
+            max_queue_size=limits.max_queue_size,
+            queued_items=loaded.batcher.queued_items,
+        )
+    return VersionInfo(
+        name=entry.name,
+        version=entry.version,
+        versions=versions,
+        state=entry.state,
+        reason=entry.reason,
+        device=loaded.device if loaded else None,
+        checkpoint_sha256=loaded.weights_sha256 if loaded else None,
+        last_load_error=entry.last_load_error,
+        config=entry.config,
+        batching=batching,
+    )
+
+
+async def _wait(work: list[WorkItem], ctx: RequestContext) -> None:
+    futures = [w.future for w in work]
+    waiter: asyncio.Future[Any] = (
+        futures[0] if len(futures) == 1 else asyncio.gather(*futures, return_exceptions=True)
+    )
+    watcher = asyncio.ensure_future(ctx.disconnected()) if ctx.disconnected else None
+    timeout = None if ctx.deadline is None else max(0.0, ctx.deadline - time.monotonic())
+    pending = {waiter} if watcher is None else {waiter, watcher}
+    try:
+        done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+    if waiter in done:
+        return
+    if watcher is not None and watcher in done:
+        raise ClientDisconnected("the client disconnected before its answer was ready")
+    # The deadline passed: what has not started is dropped; what has started is waited for.
+    if any(not w.started and not w.future.done() for w in work):
+        raise DeadlineExceeded(DEADLINE_PASSED)
+    await asyncio.wait(futures)

@@ -1,0 +1,134 @@
+"""Loading one model version: read and verify its checkpoint, put it on its device, wrap it in a
+servable, warm it up and put a dynamic batcher in front. The result, `LoadedModel`, is what the
+registry hands out to serve requests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
+from app.serving.servables import AnyServable, Task, make_servable
+from app.settings import Settings
+from models.checkpoint import (
+    CheckpointError,
+    ModelConfig,
+    load_checkpoint,
+    read_config,
+    sha256_file,
+    weights_path,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model version that can take requests: everything here is present."""
+
+    name: str
+    version: str
+    config: ModelConfig
+    servable: AnyServable
+    batcher: DynamicBatcher
+    device: str
+    weights_sha256: str
+
+    @property
+    def task(self) -> Task:
+        return self.servable.task
+
+
+def resolve_device(requested: str) -> torch.device:
+    """'auto' is CUDA when present; an unavailable device is a load error, not a crash."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CheckpointError(f"device {requested} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CheckpointError(f"device {requested} does not exist")
+    return device
+
+
+def configured_device(path: Path, settings: Settings) -> torch.device:
+    """The device the version's config.json asks for, else the service-wide setting."""
+    try:
+        requested = read_config(path).device or settings.device
+    except CheckpointError:
+        requested = settings.device
+    return resolve_device(requested)
+
+
+async def load_model(
+    name: str,
+    version: str,
+    path: Path,
+    settings: Settings,
+    executor_for: Callable[[torch.device], Executor],
+    on_batch: Callable[[BatchReport], None] | None,
+) -> LoadedModel:
+    """Load, check and warm up one version; its batcher is started. Raises CheckpointError (or
+    OSError/RuntimeError/ValueError from torch) when the checkpoint cannot serve."""
+    loop = asyncio.get_running_loop()
+    device = configured_device(path, settings)
+    module, config = await loop.run_in_executor(None, load_checkpoint, path, device)
+    if config.name != name:
+        raise CheckpointError(
+            f"config.json names the model '{config.name}' but it lies under '{name}'"
+        )
+    if settings.compile:
+        module = torch.compile(module, dynamic=True)  # type: ignore[assignment]
+    servable = make_servable(module, config, device)
+    executor = executor_for(device)
+    if settings.warmup:
+        await loop.run_in_executor(executor, _warm_up, servable)
+    sha256 = config.weights_sha256 or sha256_file(weights_path(path, config))
+    batcher = DynamicBatcher(
+        run_batch=_inference_call(servable),
+        executor=executor,
+        limits=batch_limits(config, settings),
+        item_tokens=servable.item_tokens,
+        observer=on_batch,
+    )
+    batcher.start()
+    return LoadedModel(name, version, config, servable, batcher, str(device), sha256)
+
+
+def batch_limits(config: ModelConfig, settings: Settings) -> BatchLimits:
+    """The service-wide batching settings, overridden by the model's own `batching`."""
+    own = config.batching
+    delay_ms = settings.max_batch_delay_ms
+    tokens = own.max_batch_tokens or settings.max_batch_tokens
+    return BatchLimits(
+        max_batch_size=own.max_batch_size or settings.max_batch_size,
+        max_batch_delay_ms=delay_ms if own.max_batch_delay_ms is None else own.max_batch_delay_ms,
+        max_batch_tokens=tokens if config.input.kind == "text" else None,
+        max_queue_size=settings.max_queue_size,
+        retry_after_s=settings.retry_after_s,
+        idle_turns_to_close=settings.batch_idle_turns,
+    )
+
+
+def _inference_call(servable: AnyServable) -> Callable[[list[Any]], list[Any]]:
+    def run(items: list[Any]) -> list[Any]:
+        with torch.inference_mode():
+            return servable.infer(items)
+
+    return run
+
+
+def _warm_up(servable: AnyServable) -> None:
+    # A few passes at batch sizes 1 and 8 so the first real requests don't pay allocator and
+    # kernel-selection costs.
+    with torch.inference_mode():
+        item = servable.warmup_item()
+        for size in (1, 8, 1):
+            servable.infer([item] * size)
+        if servable.device.type == "cuda":
+            torch.cuda.synchronize(servable.device)

@@ -1,0 +1,113 @@
+"""Typed results of the serving core. Transports only translate them: /v1 into its JSON, the Open
+Inference Protocol into tensors, gRPC into protobuf messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from models.checkpoint import ModelConfig
+
+
+class ModelState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    UNLOADING = "unloading"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class ClassScores:
+    """One item's class probabilities, in the order of the model's labels."""
+
+    probabilities: list[float]
+
+    def top(self, k: int) -> list[int]:
+        """The indices of the `k` most likely classes, most likely first."""
+        row = self.probabilities
+        return sorted(range(len(row)), key=row.__getitem__, reverse=True)[:k]
+
+    def best(self) -> int:
+        row = self.probabilities
+        return max(range(len(row)), key=row.__getitem__)
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceScore:
+    """ln P of a string (end-of-sequence included), or of a continuation given its context."""
+
+    log_prob: float  # natural log, summed over `tokens`
+    tokens: tuple[str, ...]  # the scored tokens, e.g. ("S", "m", "i", "t", "h", "</s>")
+    token_log_probs: tuple[float, ...]
+    perplexity: float | None  # whole strings only: exp(-log_prob / num_tokens)
+    is_greedy: bool | None  # pairs only: is the continuation the model's argmax at every step?
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    model: str
+    version: str
+    labels: Sequence[str]
+    items: list[ClassScores]
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    model: str
+    version: str
+    items: list[SequenceScore]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchingInfo:
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_batch_tokens: int | None
+    max_queue_size: int
+    queued_items: int
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """What is known of one model version, loaded or not."""
+
+    name: str
+    version: str
+    versions: list[str]  # every version of the model
+    state: ModelState
+    reason: str | None
+    device: str | None
+    checkpoint_sha256: str | None
+    last_load_error: str | None
+    config: ModelConfig | None  # None when the config itself could not be read
+    batching: BatchingInfo | None  # None unless loaded
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSummary:
+    name: str
+    versions: list[str]
+    default_version: str | None
+    task: str | None
+    state: ModelState
+    device: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    name: str
+    version: str
+    state: ModelState
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    reason: str | None = None
