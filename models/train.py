@@ -128,10 +128,10 @@ def _train_epoch(
 ) -> float:
     model.train()
     total, count = 0.0, 0
-    for indices in torch.randperm(num_train, generator=generator).split(recipe.batch_size):
+    for indices in torch.split(torch.randperm(num_train, generator=generator), recipe.batch_size):
         optimizer.zero_grad()
         loss = losses(indices)
-        loss.backward()
+        torch.autograd.backward(loss)
         # The Elman recurrence has no gates; clipping stops the occasional exploding step.
         nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
         optimizer.step()
@@ -216,7 +216,7 @@ def translate(images: torch.Tensor, generator: torch.Generator, max_px: int) -> 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.inference_mode():
-        predicted = torch.cat([model(chunk).argmax(-1) for chunk in x.split(EVAL_BATCH)])
+        predicted = torch.cat([model(chunk).argmax(-1) for chunk in torch.split(x, EVAL_BATCH)])
     return (predicted == y).double().mean().item()
 
 
@@ -392,7 +392,8 @@ def _lm_loss(
     """Mean negative log-likelihood per real token (the EOS token included)."""
     log_probs = model(inputs, lengths).gather(-1, targets[..., None]).squeeze(-1)
     mask = torch.arange(inputs.shape[1])[None, :] < lengths[:, None]
-    return -(log_probs * mask).sum() / mask.sum()
+    loss: torch.Tensor = -(log_probs * mask).sum() / mask.sum()
+    return loss
 
 
 def sequence_log_probs(model: nn.Module, names: Sequence[str], vocab: CharVocab) -> torch.Tensor:

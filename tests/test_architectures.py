@@ -126,6 +126,7 @@ def test_mlp_default_is_the_keras_example_784_64_64_10_relu() -> None:
             labels=[str(d) for d in range(10)],
         )
     )
+    assert isinstance(model, MLP)
     layers = list(model.layers)
     kinds = [type(layer) for layer in layers]
     assert kinds == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]

@@ -193,7 +193,7 @@ class _ClientCore:
 
     def _backoff(self, attempt: int) -> float:
         # "Equal jitter": half the exponential step is fixed, half is random.
-        step = min(self.backoff_max_s, self.backoff_s * 2**attempt)
+        step = min(self.backoff_max_s, self.backoff_s * 2.0**attempt)
         return step / 2 + random.uniform(0, step / 2)
 
     # -- parsing ---------------------------------------------------------------------------
@@ -231,7 +231,10 @@ def _retry_after_s(response: httpx.Response) -> float | None:
 
 
 def _echoed_id(response: httpx.Response) -> str:
-    return response.headers.get("x-request-id") or response.request.headers.get("x-request-id", "")
+    echoed: str = response.headers.get("x-request-id") or response.request.headers.get(
+        "x-request-id", ""
+    )
+    return echoed
 
 
 def _error_from(response: httpx.Response, request_id: str) -> BatchserveError:
