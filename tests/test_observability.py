@@ -102,4 +102,6 @@ def test_each_request_writes_one_json_access_line(
     (line,) = [entry for entry in lines if entry["request_id"] == "trace-42"]
     assert line["status"] == 200 and line["model"] == "names-rnn" and line["version"] == "1"
     assert line["items"] == 2 and line["batch_size"] >= 2
-    assert line["queue_ms"] >= 0 and line["compute_ms"] > 0 and line["duration_ms"] > 0
+    # The parts add up: waiting in the queue and computing are inside the request's duration.
+    assert line["compute_ms"] > 0
+    assert line["queue_ms"] + line["compute_ms"] <= line["duration_ms"]

@@ -33,7 +33,8 @@ def test_a_model_that_fails_to_load_is_listed_as_failed_while_the_others_serve(
     states = {m["name"]: m["state"] for m in listing}
     assert states == {"mnist-mlp": "ready", "names-lm": "ready", "names-rnn": "failed"}
     assert metadata["state"] == "failed"
-    assert "sha256" in metadata["reason"] or "read" in metadata["reason"]
+    # The weights were cut short after the checkpoint was written: their hash no longer matches.
+    assert "model.safetensors does not match weights_sha256" in metadata["reason"]
     assert refused.status_code == 503 and "failed" in refused.json()["error"]
     assert served.status_code == 200
 

@@ -121,7 +121,7 @@ async def infer(call: Call) -> HttpResponse:
 async def _control_body(call: Call, allowed: set[str]) -> dict[str, Any]:
     """The (optional) JSON object of a repository request, with only `allowed` keys."""
     raw = await call.body()
-    body = parse_json(raw) if raw.strip() else {}
+    body = parse_json(raw) if raw else {}  # the body is optional; whitespace is not JSON
     if not isinstance(body, dict):
         raise MalformedRequest("body: expected a JSON object")
     unknown = body.keys() - allowed
