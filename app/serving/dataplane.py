@@ -73,9 +73,7 @@ class DataPlane:
         self, model: LoadedModel, raw_items: Sequence[Any], ctx: RequestContext, field: str
     ) -> Classification:
         """Class probabilities for each item; `field` names the items in error messages."""
-        _expect(model, "classify")
-        servable = model.servable
-        items = [servable.parse_item(raw, f"{field}[{i}]") for i, raw in enumerate(raw_items)]
+        items = _parse(model, "classify", raw_items, field)
         results = await self._run(model, items, ctx, field)
         return Classification(model.name, model.version, model.config.labels, results)
 
@@ -83,9 +81,7 @@ class DataPlane:
         self, model: LoadedModel, raw_items: Sequence[Any], ctx: RequestContext, field: str
     ) -> Scores:
         """ln P of each whole string, end-of-sequence included."""
-        _expect(model, "score")
-        servable = model.servable
-        items = [servable.parse_item(raw, f"{field}[{i}]") for i, raw in enumerate(raw_items)]
+        items = _parse(model, "score", raw_items, field)
         return Scores(model.name, model.version, await self._run(model, items, ctx, field))
 
     async def score_pairs(
@@ -186,6 +182,13 @@ class DataPlane:
 
     async def unload(self, name: str) -> None:
         await self.registry.unload_model(name)
+
+
+def _parse(model: LoadedModel, task: Task, raw_items: Sequence[Any], field: str) -> list[Any]:
+    """The model's checked items, named `field[i]` in error messages."""
+    _expect(model, task)
+    parse = model.servable.parse_item
+    return [parse(raw, f"{field}[{i}]") for i, raw in enumerate(raw_items)]
 
 
 def _expect(model: LoadedModel, task: Task) -> None:

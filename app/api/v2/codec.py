@@ -143,13 +143,7 @@ def _decode_inputs(
     decoded: dict[str, Any] = {}
     offset = 0
     for i, tensor in enumerate(raw):
-        name = tensor.get("name") if isinstance(tensor, dict) else None
-        if not isinstance(name, str):
-            raise TensorError(f"inputs[{i}]: expected an object with a 'name' string")
-        if name not in specs:
-            raise TensorError(
-                f"inputs[{i}]: unknown input '{name}'; the model's inputs: {[*specs]}"
-            )
+        name = _tensor_name(tensor, f"inputs[{i}]", [*specs], "input")
         if name in decoded:
             raise TensorError(f"input '{name}': given twice")
         decoded[name], offset = _decode_input(tensor, specs[name], binary, offset, max_items)
@@ -295,13 +289,7 @@ def _requested_outputs(raw: Any, tensors: Signature, binary: bool) -> list[Reque
     known = [s.name for s in tensors.outputs]
     chosen: list[RequestedOutput] = []
     for i, output in enumerate(raw):
-        name = output.get("name") if isinstance(output, dict) else None
-        if not isinstance(name, str):
-            raise TensorError(f"outputs[{i}]: expected an object with a 'name' string")
-        if name not in known:
-            raise TensorError(
-                f"outputs[{i}]: unknown output '{name}'; the model's outputs: {known}"
-            )
+        name = _tensor_name(output, f"outputs[{i}]", known, "output")
         if any(c.name == name for c in chosen):
             raise TensorError(f"output '{name}': requested twice")
         parameters = _parameters(output, f"output '{name}'.parameters")
@@ -311,6 +299,16 @@ def _requested_outputs(raw: Any, tensors: Signature, binary: bool) -> list[Reque
             raise TensorError(f"output '{name}': parameters.binary_data must be true or false")
         chosen.append(RequestedOutput(name, as_binary))
     return chosen
+
+
+def _tensor_name(tensor: Any, where: str, known: list[str], kind: str) -> str:
+    """The `name` of an input or output object, one of the model's."""
+    name = tensor.get("name") if isinstance(tensor, dict) else None
+    if not isinstance(name, str):
+        raise TensorError(f"{where}: expected an object with a 'name' string")
+    if name not in known:
+        raise TensorError(f"{where}: unknown {kind} '{name}'; the model's {kind}s: {known}")
+    return name
 
 
 def _parameters(container: dict[str, Any], where: str) -> dict[str, Any]:
