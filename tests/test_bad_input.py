@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -161,17 +160,20 @@ def test_bad_deadline_header_is_400(client: httpx.Client) -> None:
     _error(response, 400, "X-Request-Timeout-Ms")
 
 
-def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
-    settings = settings_for(write_tiny_repository(tmp_path), max_body_bytes=4096)
+@pytest.fixture(scope="module")
+def small_body_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    repository = write_tiny_repository(tmp_path_factory.mktemp("small-body") / "repository")
+    with live_server(settings_for(repository, max_body_bytes=4096)) as url:
+        yield url
+
+
+def test_body_over_the_limit_is_413(small_body_url: str) -> None:
     body = {"inputs": [PIXELS, PIXELS]}
-    with live_server(settings) as url:
-        response = httpx.post(f"{url}/v1/models/mnist-mlp/predict", json=body)
+    response = httpx.post(f"{small_body_url}/v1/models/mnist-mlp/predict", json=body)
     _error(response, 413, "4096 bytes")
 
 
-def test_chunked_body_over_the_limit_is_413(tmp_path: Path) -> None:
-    settings = settings_for(write_tiny_repository(tmp_path), max_body_bytes=4096)
+def test_chunked_body_over_the_limit_is_413(small_body_url: str) -> None:
     chunks = [b'{"inputs": [["', b"x" * 3000, b"x" * 3000, b'"]]}']  # no Content-Length
-    with live_server(settings) as url:
-        response = httpx.post(f"{url}/v1/models/names-rnn/predict", content=iter(chunks))
-    _error(response, 413, "4096 bytes")
+    url = f"{small_body_url}/v1/models/names-rnn/predict"
+    _error(httpx.post(url, content=iter(chunks)), 413, "4096 bytes")

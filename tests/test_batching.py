@@ -6,6 +6,7 @@ import asyncio
 import random
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from app.errors import ItemFailed, QueueFull
 from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
 from tests.conftest import live_server, settings_for, write_tiny_repository
+from tests.numbers import LOG_PROB_TOLERANCE, PROBABILITY_TOLERANCE
 
 NAMES = ["Nakamura", "Kowalski", "Rossi", "Smith", "Ng", "Papadopoulos", "Li", "Schmidt"]
 
@@ -53,24 +55,31 @@ def test_concurrent_requests_share_one_forward_pass(repository: Path) -> None:
     assert batches < 16, "no two requests shared a forward pass"
 
 
-def test_batched_results_equal_results_sent_alone_in_order(repository: Path) -> None:
+@pytest.fixture(scope="module")
+def batching_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server whose batches wait up to 100 ms, shared by the tests that only read from it."""
+    repository = write_tiny_repository(tmp_path_factory.mktemp("repository"))
+    with live_server(settings_for(repository, max_batch_delay_ms=100)) as url:
+        yield url
+
+
+def test_batched_results_equal_results_sent_alone_in_order(batching_url: str) -> None:
     images = _images(12, seed=1)
-    settings = settings_for(repository, max_batch_delay_ms=100)
-    with live_server(settings) as url:
-        alone = [
-            httpx.post(f"{url}/v1/models/mnist-mlp/predict", json={"inputs": [im], "top_k": 10})
-            for im in images
-        ]
-        together = asyncio.run(
-            _post_all(
-                url,
-                "/v1/models/mnist-mlp/predict",
-                [{"inputs": [im], "top_k": 10} for im in images],
-            )
+    url = batching_url
+    alone = [
+        httpx.post(f"{url}/v1/models/mnist-mlp/predict", json={"inputs": [im], "top_k": 10})
+        for im in images
+    ]
+    together = asyncio.run(
+        _post_all(
+            url,
+            "/v1/models/mnist-mlp/predict",
+            [{"inputs": [im], "top_k": 10} for im in images],
         )
-        one_request = httpx.post(
-            f"{url}/v1/models/mnist-mlp/predict", json={"inputs": images, "top_k": 10}
-        )
+    )
+    one_request = httpx.post(
+        f"{url}/v1/models/mnist-mlp/predict", json={"inputs": images, "top_k": 10}
+    )
     expected = [r.json()["predictions"][0] for r in alone]
     for got in ([r.json()["predictions"][0] for r in together], one_request.json()["predictions"]):
         assert len(got) == len(expected)
@@ -78,35 +87,32 @@ def test_batched_results_equal_results_sent_alone_in_order(repository: Path) -> 
             assert g["label"] == e["label"]
             by_label = {p["label"]: p["probability"] for p in e["top_k"]}
             for p in g["top_k"]:
-                assert abs(p["probability"] - by_label[p["label"]]) <= 1e-6
+                assert abs(p["probability"] - by_label[p["label"]]) <= PROBABILITY_TOLERANCE
 
 
-def test_text_items_of_mixed_lengths_batch_like_alone(repository: Path) -> None:
-    settings = settings_for(repository, max_batch_delay_ms=100)
-    with live_server(settings) as url:
-        alone = [
-            httpx.post(
-                f"{url}/v1/models/names-lm/score", json={"inputs": [n], "per_token": True}
-            ).json()
-            for n in NAMES
-        ]
-        together = httpx.post(
-            f"{url}/v1/models/names-lm/score", json={"inputs": NAMES, "per_token": True}
-        )
-        rnn_alone = [
-            httpx.post(f"{url}/v1/models/names-rnn/predict", json={"inputs": [n]}).json()
-            for n in NAMES
-        ]
-        rnn_together = httpx.post(
-            f"{url}/v1/models/names-rnn/predict", json={"inputs": NAMES}
+def test_text_items_of_mixed_lengths_batch_like_alone(batching_url: str) -> None:
+    url = batching_url
+    alone = [
+        httpx.post(
+            f"{url}/v1/models/names-lm/score", json={"inputs": [n], "per_token": True}
         ).json()
+        for n in NAMES
+    ]
+    together = httpx.post(
+        f"{url}/v1/models/names-lm/score", json={"inputs": NAMES, "per_token": True}
+    )
+    rnn_alone = [
+        httpx.post(f"{url}/v1/models/names-rnn/predict", json={"inputs": [n]}).json() for n in NAMES
+    ]
+    rnn_together = httpx.post(f"{url}/v1/models/names-rnn/predict", json={"inputs": NAMES}).json()
     for one, batched in zip(alone, together.json()["scores"], strict=True):
-        assert abs(one["scores"][0]["log_prob"] - batched["log_prob"]) <= 1e-5
+        assert abs(one["scores"][0]["log_prob"] - batched["log_prob"]) <= LOG_PROB_TOLERANCE
         assert [t["token"] for t in batched["tokens"]] == [
             t["token"] for t in one["scores"][0]["tokens"]
         ]
     for one, batched in zip(rnn_alone, rnn_together["predictions"], strict=True):
-        assert abs(one["predictions"][0]["probability"] - batched["probability"]) <= 1e-6
+        difference = one["predictions"][0]["probability"] - batched["probability"]
+        assert abs(difference) <= PROBABILITY_TOLERANCE
 
 
 def test_large_request_is_split_across_batches_and_reassembled(repository: Path) -> None:
