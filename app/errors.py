@@ -102,4 +102,12 @@ class LoadRequestFailed(ServiceError):
     code = "load_failed"
 
 
+class RepositoryUnavailable(ServiceError):
+    """The model repository's directory cannot be read (gone, unmounted, no permission); what
+    is loaded goes on serving."""
+
+    status = 503
+    code = "repository_unavailable"
+
+
 DEADLINE_PASSED = "the request's deadline (X-Request-Timeout-Ms) passed before its work started"

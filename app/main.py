@@ -91,11 +91,24 @@ class Application:
         # the collector's full passes from walking them again during serving.
         gc.collect()
         gc.freeze()
-        log.info("serving models: %s", ", ".join(registry.names()) or "none")
+        self._log_start(registry)
         yield
         await registry.close()
         if health is not None:
             health.stop()
+
+    def _log_start(self, registry: ModelRegistry) -> None:
+        """What serves, what does not, and which doors are open (never the keys)."""
+        log.info("serving models: %s", ", ".join(registry.ready_models()) or "none")
+        for name in registry.not_ready():
+            log.error("model %s has no ready version; see /v1/models/%s", name, name)
+        settings = self.settings
+        log.info(
+            "user auth %s; admin API %s; readiness %s",
+            "on" if settings.api_keys else "OFF (no BATCHSERVE_API_KEYS)",
+            "on" if settings.admin_api_key else "off (no BATCHSERVE_ADMIN_API_KEY)",
+            "strict" if settings.strict_readiness else "non-strict",
+        )
 
 
 def create_app(settings: Settings | None = None) -> Application:

@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     admin_api_key: SecretStr | None = Field(
         None, description="Key for /v2/repository load/unload; unset = those endpoints are off."
     )
+    strict_readiness: bool = Field(
+        True,
+        description="Ready (/v2/health/ready) only while every model has a ready version, as "
+        "Triton's --strict-readiness; false = ready while at least one model has one.",
+    )
+    follow_external_symlinks: bool = Field(
+        False,
+        description="Serve model and version directories (and the files in them) that are "
+        "symbolic links leading out of the model repository; off = refused with a reason.",
+    )
     protect_metrics: bool = Field(False, description="Require an API key for /metrics too.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."

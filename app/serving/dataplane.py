@@ -155,12 +155,16 @@ class DataPlane:
         return _version_info(entry, [v.version for v in self.registry.versions(name)])
 
     def readiness(self) -> Readiness:
+        """Strict (the default): every model meant to serve has a ready version. Otherwise: at
+        least one model has. Never while shutting down."""
         if self.lifecycle.draining:
             return Readiness(False, "the server is shutting down")
         missing = self.registry.not_ready()
-        if missing:
-            return Readiness(False, f"no ready version of: {', '.join(missing)}")
-        return Readiness(True)
+        if not missing:
+            return Readiness(True)
+        if not self.settings.strict_readiness and self.registry.ready_models():
+            return Readiness(True)
+        return Readiness(False, f"no ready version of: {', '.join(missing)}")
 
     def queue_depths(self) -> list[tuple[str, str, int, ModelState]]:
         """(name, version, items queued or computing, state) of every version known."""

@@ -15,11 +15,16 @@ from pathlib import Path
 
 import torch
 
-from app.errors import LoadRequestFailed, ModelNotFound, ModelNotReady, ServiceError
-from app.serving import repository
+from app.errors import (
+    LoadRequestFailed,
+    ModelNotFound,
+    ModelNotReady,
+    RepositoryUnavailable,
+    ServiceError,
+)
 from app.serving.batcher import BatchReport
 from app.serving.loader import LoadedModel, load_model
-from app.serving.repository import version_key
+from app.serving.repository import Repository, version_key
 from app.serving.results import ModelState
 from app.settings import Settings
 from models.checkpoint import CheckpointError, ModelConfig
@@ -53,6 +58,7 @@ class ModelVersion:
 class ModelRegistry:
     def __init__(self, settings: Settings, on_batch: BatchObserver | None = None) -> None:
         self.settings = settings
+        self.repository = Repository(settings.model_repository, settings.follow_external_symlinks)
         self._on_batch = on_batch
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -95,6 +101,10 @@ class ModelRegistry:
             raise ModelNotReady(f"model '{name}' version '{found.version}' is {found.state}{why}")
         return found.loaded
 
+    def ready_models(self) -> list[str]:
+        """Models with a version that can serve now."""
+        return [name for name in self.names() if self.default_version(name) is not None]
+
     def not_ready(self) -> list[str]:
         """Models meant to serve (not unloaded on purpose) that have no ready version."""
         return [
@@ -104,11 +114,12 @@ class ModelRegistry:
         ]
 
     def index(self) -> list[tuple[str, str, ModelState, str]]:
-        """(name, version, state, reason) of every version on disk or in memory."""
+        """(name, version, state, reason) of every version on disk or in memory, and of every
+        directory that should be a version and is not."""
         rows: dict[tuple[str, str], tuple[str, str, ModelState, str]] = {}
-        root = self.settings.model_repository
-        for name, versions in repository.scan(root).items():
-            for version, reason in _not_loaded_reasons(root / name, versions).items():
+        for name in self.repository.scan():
+            versions, invalid = self.repository.version_dirs(name)
+            for version, reason in {**invalid, **self._not_loaded_reasons(name, versions)}.items():
                 rows[name, version] = (name, version, ModelState.UNAVAILABLE, reason)
         for name, entries in self._models.items():
             for entry in entries.values():
@@ -118,27 +129,32 @@ class ModelRegistry:
     # -- loading ------------------------------------------------------------------------------
     def scan(self) -> dict[str, list[str]]:
         """Model names and version directories present in the repository."""
-        return repository.scan(self.settings.model_repository)
+        return self.repository.scan()
 
     async def load_repository(self) -> None:
-        for name in self.scan():
+        try:
+            names = self.scan()
+        except RepositoryUnavailable as exc:
+            log.error("%s: %s", exc.message, self.settings.model_repository)
+            return
+        for name in names:
             try:
                 await self.load_model(name)
             except LoadRequestFailed as exc:
-                log.warning("%s", exc.message)
+                log.error("%s", exc.message)
 
     async def load_model(self, name: str) -> list[ModelVersion]:
         """Rescan the model's directory and serve what its version policy wants: new versions load
         beside the serving one, go live when ready, and only then are the versions the policy
         dropped drained and freed. On any failure nothing that served is taken down."""
         async with self._lock(name):
-            directory = repository.model_dir(self.settings.model_repository, name)
+            directory = self.repository.model_dir(name)
             if not directory.is_dir() and name not in self._models:
                 raise ModelNotFound(f"the model repository has no model '{name}'")
             try:
-                wanted = repository.wanted_versions(directory)
+                wanted = self.repository.wanted_versions(name)
             except LoadRequestFailed as exc:
-                self._note_failure(name, repository.versions_on_disk(directory), exc.message)
+                self._note_failure(name, self.repository.versions_on_disk(name), exc.message)
                 raise
             self._unloaded.discard(name)
             for version in wanted:
@@ -158,19 +174,22 @@ class ModelRegistry:
     async def _load_version(self, name: str, version: str) -> ModelVersion:
         """Load one version beside whatever already serves; on failure the others are
         untouched, and a version that already served goes on serving."""
-        entry = ModelVersion(name, version, self.settings.model_repository / name / version)
+        entry = ModelVersion(name, version, self.repository.model_dir(name) / version)
         previous = self._models.setdefault(name, {}).get(version)
         if previous is None:
             self._models[name][version] = entry
         try:
+            path = self.repository.version_dir(name, version)
             entry.loaded = await load_model(
-                name, version, entry.path, self.settings, self._executor, self._observer(entry)
+                name, version, path, self.settings, self._executor, self._observer(entry)
             )
         except (CheckpointError, ServiceError, OSError, RuntimeError, ValueError) as exc:
-            entry.state, entry.reason = ModelState.FAILED, str(exc)
-            log.warning("model %s version %s failed to load: %s", name, version, exc)
+            # The full paths go to the log; API answers name paths inside the repository.
+            log.error("model %s version %s failed to load: %s", name, version, exc)
+            reason = self.repository.relative(str(exc))
+            entry.state, entry.reason = ModelState.FAILED, reason
             if previous is not None and previous.ready:
-                previous.last_load_error = str(exc)
+                previous.last_load_error = reason
             else:
                 self._models[name][version] = entry
             return entry
@@ -196,7 +215,7 @@ class ModelRegistry:
                 entry.last_load_error = message
         for version in versions:
             if version not in entries:
-                path = self.settings.model_repository / name / version
+                path = self.repository.model_dir(name) / version
                 entries[version] = ModelVersion(name, version, path, ModelState.FAILED, message)
 
     async def _retire(self, name: str, keep: set[str]) -> None:
@@ -258,19 +277,18 @@ class ModelRegistry:
             torch.cuda.empty_cache()
         entry.state = was if was is not ModelState.READY else ModelState.UNAVAILABLE
 
+    def _not_loaded_reasons(self, name: str, versions: list[str]) -> dict[str, str]:
+        """Why each version on disk might not be in memory: its policy leaves it out, or it
+        never was loaded."""
+        try:
+            wanted = self.repository.read_model_settings(name).version_policy.select(versions)
+        except LoadRequestFailed as exc:
+            return dict.fromkeys(versions, exc.message)
+        return {v: "not loaded" if v in wanted else "not in the version policy" for v in versions}
+
     async def close(self) -> None:
         for entries in list(self._models.values()):
             for entry in list(entries.values()):
                 await self._release(entry)
         for executor in self._executors.values():
             executor.shutdown(wait=True)
-
-
-def _not_loaded_reasons(directory: Path, versions: list[str]) -> dict[str, str]:
-    """Why each version on disk might not be in memory: its policy leaves it out, or it never
-    was loaded."""
-    try:
-        wanted = repository.read_model_settings(directory).version_policy.select(versions)
-    except LoadRequestFailed as exc:
-        return dict.fromkeys(versions, exc.message)
-    return {v: "not loaded" if v in wanted else "not in the version policy" for v in versions}
