@@ -7,6 +7,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from app.settings import Settings
 access_log = logging.getLogger("batchserve.access")
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
+_MILLISECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?", re.ASCII)
 _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="batchserve"'}
 
 
@@ -64,17 +66,16 @@ def check_bearer(authorization: str | None, keys: tuple[bytes, ...]) -> None:
 
 
 def deadline_from(timeout_ms: str | None) -> float | None:
-    """The time.monotonic() deadline that a client's X-Request-Timeout-Ms (or a gRPC deadline,
-    in milliseconds) sets; None when it sets none."""
+    """The time.monotonic() deadline that a client's X-Request-Timeout-Ms sets; None when it
+    sets none. ASCII decimals only: float() would also take '1e3', 'infinity', '1_000' and
+    other scripts' digits."""
     if timeout_ms is None:
         return None
-    try:
-        milliseconds = float(timeout_ms)
-    except ValueError:
-        milliseconds = -1.0
+    milliseconds = float(timeout_ms) if _MILLISECONDS.fullmatch(timeout_ms) else 0.0
     if not 0 < milliseconds < 86_400_000:
         raise MalformedRequest(
-            f"{DEADLINE_HEADER}: expected a positive number of milliseconds below one day"
+            f"{DEADLINE_HEADER}: expected a positive number of milliseconds below one day, "
+            "in ASCII digits (e.g. 250 or 12.5)"
         )
     return time.monotonic() + milliseconds / 1000
 

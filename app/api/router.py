@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.api.context import Accounting, Keys, RequestIds, check_bearer, deadline_from
 from app.api.http import (
     HttpResponse,
+    ascii_uint,
     disconnect_waiter,
     error_body,
     header,
@@ -29,6 +30,7 @@ from app.api.http import (
 )
 from app.errors import (
     InvalidInput,
+    MalformedRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -217,9 +219,16 @@ class HttpFront:
 
     def _refuse_early(self, scope: Scope) -> None:
         """Before any routing: a declared body over the limit (413)."""
-        length = header(scope["headers"], b"content-length")
-        limit = self.settings.max_body_bytes
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        declared = header(scope["headers"], b"content-length")
+        if declared is None:
+            return
+        length, limit = ascii_uint(declared), self.settings.max_body_bytes
+        if length is None:
+            raise MalformedRequest(
+                "Content-Length: expected a number of bytes in ASCII digits",
+                headers={"Connection": "close"},
+            )
+        if length > limit:
             raise PayloadTooLarge(
                 f"body: the request body exceeds the limit of {limit} bytes",
                 headers={"Connection": "close"},

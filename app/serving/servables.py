@@ -48,6 +48,9 @@ class Servable(ABC, Generic[ItemT, OutputT, ResultT]):
     """A model in eval() on its device, its config, and how to feed it."""
 
     task: ClassVar[Task]
+    # The most JSON values (numbers, strings, arrays, objects) one valid item can be written
+    # with: a transport can refuse a body that holds more before it parses it.
+    max_item_values: int = 1
 
     def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
         self.model = model
@@ -110,10 +113,18 @@ class VectorClassifier(Classifier[Vector]):
         self.maximum = config.input.maximum
         nested = [" or a " + "x".join(map(str, s)) + " nested list" for s in layouts if len(s) > 1]
         self.shapes_text = f"{self.width} numbers" + "".join(nested)
+        self.lengths = {shape[0] for shape in self.shapes}
+        # The numbers, plus every array that holds them: 1 + a + a*b for an a x b x c layout.
+        self.max_item_values = self.width + max(
+            sum(math.prod(shape[:depth]) for depth in range(len(shape))) for shape in self.shapes
+        )
 
     def parse_item(self, raw: Any, field: str) -> Vector:
         if not isinstance(raw, list) or not raw:
             raise InvalidInput(f"{field}: expected {self.shapes_text}, got {_json_type(raw)}")
+        if len(raw) not in self.lengths:  # before looking at each element
+            shape = [len(raw), *([len(raw[0])] if type(raw[0]) is list else [])]
+            raise InvalidInput(f"{field}: expected {self.shapes_text}, got shape {shape}")
         wrong = _element_types(raw) - {float, int}
         if wrong:
             found = ", ".join(sorted(json_type_name(t) for t in wrong))
@@ -169,6 +180,11 @@ def _check_range(flat: Vector, field: str, low: float | None, high: float | None
         )
 
 
+# Folding to ASCII removes combining marks, so a string may shrink: a name written with
+# decomposed accents has up to this many characters per letter before it.
+RAW_CHARACTERS_PER_LETTER = 4
+
+
 class CharacterInput:
     """The string checks shared by the character models: normalization, length, alphabet."""
 
@@ -178,11 +194,19 @@ class CharacterInput:
         self.vocab = CharVocab(config.input.alphabet)
         self.max_length = config.input.max_length
         self.normalize_mode = config.input.normalize
+        folds = self.normalize_mode != "none"
+        self.max_raw_length = self.max_length * (RAW_CHARACTERS_PER_LETTER if folds else 1)
 
     def encode(self, raw: Any, field: str, allow_empty: bool = False) -> list[int]:
         if not isinstance(raw, str):
             raise InvalidInput(f"{field}: expected a string, got {_json_type(raw)}")
-        text = normalize(raw, self.normalize_mode)
+        # The cheap limit first: normalization costs time and memory in proportion to the
+        # string (one character can decompose into 18), and runs on the event loop.
+        if len(raw) > self.max_raw_length:
+            raise InvalidInput(
+                f"{field}: the string has {len(raw)} characters; the limit is {self.max_length}"
+            )
+        text = raw if raw.isascii() else normalize(raw, self.normalize_mode)
         if not text and not allow_empty:
             raise InvalidInput(f"{field}: the string is empty")
         if len(text) > self.max_length:
@@ -212,6 +236,8 @@ class TextClassifier(Classifier[list[int]]):
     def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
         super().__init__(model, config, device)
         self.text = CharacterInput(config)
+        # Commas and brackets inside a string count too (the pre-parse count cannot tell).
+        self.max_item_values = 1 + self.text.max_raw_length
 
     def parse_item(self, raw: Any, field: str) -> list[int]:
         return self.text.encode(raw, field)
@@ -239,6 +265,7 @@ class SequenceScorer(Servable[ScoreItem, TokenScores, SequenceScore]):
         self.text = CharacterInput(config)
         self.vocab = self.text.vocab
         self.max_length = self.text.max_length
+        self.max_item_values = 3 + 2 * self.text.max_raw_length  # a pair: an object, 2 strings
 
     def parse_item(self, raw: Any, field: str) -> ScoreItem:
         tokens = [*self.text.encode(raw, field), self.vocab.eos]

@@ -140,7 +140,8 @@ async def _model_and_body(call: Call, endpoint: str) -> tuple[LoadedModel, Any]:
         raise WrongEndpoint(
             f"model '{name}' is a {model.task} model; call /v1/models/{name}/{other}"
         )
-    return model, parse_json(raw)
+    max_values = call.settings.max_items_per_request * model.servable.max_item_values
+    return model, parse_json(raw, max_values)
 
 
 def table() -> list[Endpoint]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.api.http import parse_json
+from app.api.http import ascii_uint, parse_json
 from app.errors import InvalidInput
 from app.serving.results import Classification, Scores, VersionInfo
 from app.serving.servables import json_type_name
@@ -105,17 +105,18 @@ def model_metadata(info: VersionInfo, versions: list[str]) -> dict[str, Any]:
 # -- request ----------------------------------------------------------------------------------
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
-    """The JSON header and the binary tensor data after it."""
+def split_body(body: bytes, header_length: str | None, max_values: int) -> tuple[Any, bytes]:
+    """The JSON header (refused unparsed if it holds more than `max_values` values) and the
+    binary tensor data after it."""
     if header_length is None:
-        return parse_json(body), b""
-    if not header_length.isdigit() or int(header_length) > len(body):
+        return parse_json(body, max_values), b""
+    size = ascii_uint(header_length)
+    if size is None or size > len(body):
         raise TensorError(
-            f"{HEADER_LENGTH}: expected the JSON header's length in bytes, at most the body's "
-            f"{len(body)}; got {header_length!r}"
+            f"{HEADER_LENGTH}: expected the JSON header's length in bytes (ASCII digits), at "
+            f"most the body's {len(body)}; got {header_length!r}"
         )
-    size = int(header_length)
-    return parse_json(body[:size]), body[size:]
+    return parse_json(body[:size], max_values), body[size:]
 
 
 def decode_request(body: Any, binary: bytes, tensors: Signature, max_items: int) -> InferRequest:
@@ -250,10 +251,16 @@ def _from_binary(chunk: bytes, datatype: str, count: int, label: str) -> Any:
 
 
 def _unpack_strings(chunk: bytes, count: int, label: str) -> list[str]:
-    """BYTES elements: a 4-byte little-endian length, then that many bytes (UTF-8 here)."""
+    """BYTES elements: a 4-byte little-endian length, then that many bytes (UTF-8 here). Stops at
+    the element the shape has no room for: the loop runs at most count + 1 times, however many
+    empty elements the data holds."""
     strings: list[str] = []
     offset = 0
     while offset < len(chunk):
+        if len(strings) == count:
+            raise TensorError(
+                f"{label}: binary data holds more than the {count} elements the shape needs"
+            )
         if offset + 4 > len(chunk):
             raise TensorError(f"{label}: binary data ends inside element {len(strings)}'s length")
         (size,) = struct.unpack_from("<I", chunk, offset)
