@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 import models
 
 DEFAULT_REPOSITORY = Path(models.__file__).resolve().parent / "repository"
+# Keys and the tokens clients present are trimmed of these only: a no-break space (U+00A0) or
+# any other Unicode space is part of the key.
+ASCII_WHITESPACE = " \t\r\n\v\f"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 
@@ -112,8 +115,33 @@ class Settings(BaseSettings):
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
+            keys = [k.strip(ASCII_WHITESPACE) for k in value.split(",")]
+            if not all(keys):
+                # " , " would otherwise become no keys at all: auth silently off.
+                raise ValueError(
+                    "a blank key (keys are comma-separated; unset the variable for no auth)"
+                )
+            return keys
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_blank_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        stripped = [SecretStr(k.get_secret_value().strip(ASCII_WHITESPACE)) for k in value]
+        if any(not k.get_secret_value() for k in stripped):
+            raise ValueError("a blank key (unset the variable for no auth)")
+        return stripped
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _no_blank_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        # A key read from a secrets file ends in a newline; tokens are trimmed the same way.
+        key = value.get_secret_value().strip(ASCII_WHITESPACE)
+        if not key:
+            raise ValueError("blank (unset the variable to turn the admin API off)")
+        return SecretStr(key)
 
     @field_validator("model_repository")
     @classmethod

@@ -35,7 +35,7 @@ def test_a_nonsense_setting_stops_the_server_naming_the_variable(variable: str, 
 
 
 def test_api_keys_are_read_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("BATCHSERVE_API_KEYS", " alpha, beta ,,")
+    monkeypatch.setenv("BATCHSERVE_API_KEYS", " alpha, beta\n")
     keys = [k.get_secret_value() for k in Settings().api_keys]
     assert keys == ["alpha", "beta"]
 

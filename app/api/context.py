@@ -18,7 +18,7 @@ import orjson
 from app.errors import MalformedRequest, Unauthorized
 from app.metrics import Metrics
 from app.serving.context import RequestContext
-from app.settings import Settings
+from app.settings import ASCII_WHITESPACE, Settings
 
 access_log = logging.getLogger("batchserve.access")
 
@@ -50,8 +50,8 @@ def check_bearer(authorization: str | None, keys: tuple[bytes, ...]) -> None:
         return
     authorization = authorization or ""
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token:
-        supplied = token.strip().encode()
+    supplied = token.strip(ASCII_WHITESPACE).encode()
+    if scheme.lower() == "bearer" and supplied:
         # Compare against every key so the time taken does not reveal which one matched.
         matched = False
         for key in keys:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from app.errors import InvalidInput
 from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
 from app.serving.servables import AnyServable, Task, make_servable
 from app.settings import Settings
@@ -86,8 +87,7 @@ async def load_model(
         module = torch.compile(module, dynamic=True)  # type: ignore[assignment]
     servable = make_servable(module, config, device)
     executor = executor_for(device)
-    if settings.warmup:
-        await loop.run_in_executor(executor, _warm_up, servable)
+    await loop.run_in_executor(executor, _warm_up, servable, settings.warmup)
     sha256 = config.weights_sha256 or sha256_file(weights_path(path, config))
     batcher = DynamicBatcher(
         run_batch=_inference_call(servable),
@@ -123,12 +123,19 @@ def _inference_call(servable: AnyServable) -> Callable[[list[Any]], list[Any]]:
     return run
 
 
-def _warm_up(servable: AnyServable) -> None:
-    # A few passes at batch sizes 1 and 8 so the first real requests don't pay allocator and
-    # kernel-selection costs.
+def _warm_up(servable: AnyServable, passes: bool) -> None:
+    """One item through the model, whose output must be finite (weights can be finite and still
+    overflow); then, with `passes`, a few more at batch sizes 1 and 8 so that the first real
+    requests don't pay allocator and kernel-selection costs."""
     with torch.inference_mode():
         item = servable.warmup_item()
-        for size in (1, 8, 1):
+        try:
+            servable.infer([item])
+        except InvalidInput as exc:
+            raise CheckpointError(
+                f"a warm-up item: {exc.message}; the model cannot serve"
+            ) from None
+        for size in (1, 8, 1) if passes else ():
             servable.infer([item] * size)
         if servable.device.type == "cuda":
             torch.cuda.synchronize(servable.device)

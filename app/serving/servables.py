@@ -7,6 +7,7 @@ result. `run` and `encode` are called on the device's inference thread under
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
@@ -22,6 +23,9 @@ from models.checkpoint import ModelConfig, TextInput, VectorInput
 from models.text import CharVocab, normalize
 
 Task = Literal["classify", "score"]
+NOT_FINITE = "the model's {what} for this item are not finite (NaN or infinity)"
+# exp() of more than this overflows a float64 (and more than 88.7 a float32).
+MAX_LOG_PERPLEXITY = math.log(sys.float_info.max)
 ItemT = TypeVar("ItemT")
 OutputT = TypeVar("OutputT")
 ResultT = TypeVar("ResultT")
@@ -97,6 +101,8 @@ class Classifier(Servable[ItemT, list[float], ClassScores]):
     task = "classify"
 
     def encode(self, item: ItemT, output: list[float]) -> ClassScores:
+        if not all(map(math.isfinite, output)):
+            raise InvalidInput(NOT_FINITE.format(what="class probabilities"))
         return ClassScores(output)
 
 
@@ -299,12 +305,19 @@ class SequenceScorer(Servable[ScoreItem, TokenScores, SequenceScore]):
 
     def encode(self, item: ScoreItem, output: TokenScores) -> SequenceScore:
         log_probs = output.log_probs
+        if not all(map(math.isfinite, log_probs)):
+            raise InvalidInput(NOT_FINITE.format(what="log-probabilities"))
         log_prob = math.fsum(log_probs)
         tokens = tuple(self.vocab.token(t) for t in item.tokens[item.score_from :])
         if item.pair:
             return SequenceScore(log_prob, tokens, tuple(log_probs), None, output.is_greedy)
-        perplexity = math.exp(-log_prob / len(log_probs))
-        return SequenceScore(log_prob, tokens, tuple(log_probs), perplexity, None)
+        per_token = -log_prob / len(log_probs)
+        if per_token > MAX_LOG_PERPLEXITY:
+            raise InvalidInput(
+                f"the perplexity overflows: log_prob / num_tokens is {-per_token:.6g}, so "
+                f"exp({per_token:.6g}) is beyond any float (log_prob itself is {log_prob:.6g})"
+            )
+        return SequenceScore(log_prob, tokens, tuple(log_probs), math.exp(per_token), None)
 
     def warmup_item(self) -> ScoreItem:
         return ScoreItem([*self.text.warmup_characters(), self.vocab.eos], 0)

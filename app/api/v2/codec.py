@@ -345,14 +345,23 @@ def classify_outputs(result: Classification) -> dict[str, Any]:
     }
 
 
-def score_outputs(result: Scores) -> dict[str, Any]:
+def score_outputs(result: Scores, field: str) -> dict[str, Any]:
     # The sums are the data plane's, in float64; rounded to FP32 only on the way out.
     items = result.items
     return {
-        "log_prob": np.asarray([s.log_prob for s in items], dtype=np.float32),
+        "log_prob": _fp32([s.log_prob for s in items], "log_prob", field),
         "num_tokens": np.asarray([s.num_tokens for s in items], dtype=np.int32),
-        "perplexity": np.asarray([s.perplexity for s in items], dtype=np.float32),
+        "perplexity": _fp32([s.perplexity or 0.0 for s in items], "perplexity", field),
     }
+
+
+def _fp32(values: list[float], name: str, field: str) -> Any:
+    """As FP32; a value beyond FP32's range would become infinity: an error for its item."""
+    limit = float(np.finfo(np.float32).max)
+    for i, value in enumerate(values):
+        if abs(value) > limit:
+            raise InvalidInput(f"{field}[{i}]: {name} {value:.6g} is beyond the FP32 range")
+    return np.asarray(values, dtype=np.float32)
 
 
 # -- response ---------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ async def infer(call: Call) -> HttpResponse:
     request = codec.decode_request(header, binary, tensors, settings.max_items_per_request)
     field = request.input_name
     if model.task == "score":
-        outputs = codec.score_outputs(await plane.score(model, request.rows, ctx, field))
+        outputs = codec.score_outputs(await plane.score(model, request.rows, ctx, field), field)
     else:
         outputs = codec.classify_outputs(await plane.classify(model, request.rows, ctx, field))
     content, header_length = codec.encode_response(
