@@ -60,6 +60,13 @@ class DeadlineExceeded(ServiceError):
     code = "deadline_exceeded"
 
 
+class DeadlineTooShort(ServiceError):
+    """A deadline that no work could meet, however idle the server: retrying cannot help."""
+
+    status = 504
+    code = "deadline_too_short"
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     code = "payload_too_large"
@@ -75,6 +82,11 @@ class NotFound(ServiceError):
 
     status = 404
     code = "not_found"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class MethodNotAllowed(ServiceError):

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.errors import ItemFailed, QueueFull
+from app.errors import DeadlineTooShort, ItemFailed, QueueFull
 from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
 from tests.conftest import live_server, settings_for, write_tiny_repository
 from tests.numbers import LOG_PROB_TOLERANCE, PROBABILITY_TOLERANCE
@@ -291,17 +291,33 @@ async def test_a_batch_keeps_collecting_while_items_keep_arriving() -> None:
     assert sizes == [6]
 
 
-async def test_a_request_whose_deadline_the_queue_cannot_meet_is_refused_at_once() -> None:
-    def slow(items: list[int]) -> list[int]:
-        time.sleep(0.2)  # a model whose batches take 200 ms
-        return items
+def _slow(items: list[int]) -> list[int]:
+    time.sleep(0.2)  # a model whose batches take 200 ms
+    return items
 
+
+async def test_a_deadline_shorter_than_any_batch_is_refused_at_once_as_too_short() -> None:
     with ThreadPoolExecutor(1) as executor:
-        batcher = DynamicBatcher(slow, executor, BatchLimits(max_batch_delay_ms=0))
+        batcher = DynamicBatcher(_slow, executor, BatchLimits(max_batch_delay_ms=0))
         batcher.start()
         await batcher.submit([1])[0].future  # one batch teaches it how long batches take
-        with pytest.raises(QueueFull, match="expected wait"):
+        # The queue is empty: no load could make 20 ms enough, so retrying cannot help.
+        with pytest.raises(DeadlineTooShort, match="at least 2"):
             batcher.submit([2], deadline=time.monotonic() + 0.02)
         assert batcher.queued_items == 0
         assert await batcher.submit([3], deadline=time.monotonic() + 30)[0].future == 3
+        await batcher.stop()
+
+
+async def test_a_deadline_that_only_the_queue_ahead_makes_too_short_is_a_full_queue() -> None:
+    limits = BatchLimits(max_batch_size=1, max_batch_delay_ms=0)
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(_slow, executor, limits)
+        batcher.start()
+        await batcher.submit([1])[0].future
+        ahead = batcher.submit([2, 3, 4])  # about 600 ms of work queued
+        with pytest.raises(QueueFull, match="expected wait") as refused:
+            batcher.submit([5], deadline=time.monotonic() + 0.3)  # idle, 300 ms would do
+        assert refused.value.headers["Retry-After"] == "1"
+        assert await asyncio.gather(*(w.future for w in ahead)) == [2, 3, 4]
         await batcher.stop()

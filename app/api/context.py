@@ -23,6 +23,7 @@ from app.settings import ASCII_WHITESPACE, Settings
 access_log = logging.getLogger("batchserve.access")
 
 DEADLINE_HEADER = "X-Request-Timeout-Ms"
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 _MILLISECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?", re.ASCII)
 _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="batchserve"'}
 
@@ -89,7 +90,11 @@ class RequestIds:
         self._counter = itertools.count(1)
 
     def take(self, supplied: str | None) -> str:
-        return supplied or f"{self._prefix}{next(self._counter):x}"
+        """The client's id when it is usable (1 to 128 visible ASCII characters: it is echoed
+        in a header and written to the log), else a new one."""
+        if supplied is not None and _REQUEST_ID.fullmatch(supplied):
+            return supplied
+        return f"{self._prefix}{next(self._counter):x}"
 
 
 class Accounting:

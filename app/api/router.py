@@ -36,6 +36,7 @@ from app.errors import (
     PayloadTooLarge,
     ServiceError,
     ShuttingDown,
+    UnsupportedMediaType,
 )
 from app.serving.context import RequestContext
 from app.serving.dataplane import DataPlane
@@ -80,6 +81,7 @@ class Endpoint:
     inference: bool = False  # reads the deadline header and watches for a disconnect
     served_while_draining: bool = False  # health and metrics answer during shutdown
     invalid_input_status: int = InvalidInput.status  # the Open Inference Protocol answers 400
+    binary_body: bool = False  # takes application/octet-stream beside JSON
     request_schema: type[BaseModel] | None = None
     request_required: bool = True
     response_schema: Any = None  # a pydantic model, or a type such as list[Model]
@@ -109,7 +111,8 @@ class Routes:
 
     def match(self, method: str, raw_path: bytes) -> tuple[Endpoint, dict[str, str]] | None:
         """The endpoint and its path parameters; None when no path matches. A path that matches
-        with another method raises MethodNotAllowed."""
+        with another method raises MethodNotAllowed. HEAD is served by the GET endpoint."""
+        method = "GET" if method == "HEAD" else method
         parts = raw_path.strip(b"/").split(b"/")
         allowed: list[str] = []
         for pattern in self._by_length.get(len(parts), ()):
@@ -120,6 +123,7 @@ class Routes:
                 return pattern.endpoint, params
             allowed.append(pattern.endpoint.method)
         if allowed:
+            allowed += ["HEAD"] if "GET" in allowed else []
             raise MethodNotAllowed(
                 f"{method} is not allowed here; allowed: {', '.join(allowed)}",
                 headers={"Allow": ", ".join(allowed)},
@@ -215,7 +219,7 @@ class HttpFront:
             ctx.error = "internal"
             body = error_body(f"internal error: {type(exc).__name__}", "internal")
             response = HttpResponse(body, 500)
-        await send_response(send, response, [])
+        await send_response(send, response, [], with_body=scope["method"] != "HEAD")
 
     def _refuse_early(self, scope: Scope) -> None:
         """Before any routing: a declared body over the limit (413)."""
@@ -242,6 +246,8 @@ class HttpFront:
         receive: Receive,
         ctx: RequestContext,
     ) -> HttpResponse:
+        if endpoint.method == "POST":
+            _check_content_type(header(scope["headers"], b"content-type"), endpoint.binary_body)
         authorization = header(scope["headers"], b"authorization")
         if endpoint.auth == "user" or (
             endpoint.auth == "metrics" and self.settings.protect_metrics
@@ -253,6 +259,20 @@ class HttpFront:
             ctx.deadline = deadline_from(header(scope["headers"], b"x-request-timeout-ms"))
             ctx.disconnected = disconnect_waiter(receive)
         return await endpoint.handler(Call(self.plane, self.settings, params, ctx, scope, receive))
+
+
+def _check_content_type(declared: str | None, binary: bool) -> None:
+    """A body declared as something else than JSON is refused (415); an undeclared one is read
+    as JSON, as curl and many clients send it."""
+    if declared is None:
+        return
+    media_type = declared.partition(";")[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return
+    if binary and media_type == "application/octet-stream":
+        return
+    accepted = "application/json" + (" or application/octet-stream" if binary else "")
+    raise UnsupportedMediaType(f"Content-Type: {media_type or declared!r}; send {accepted}")
 
 
 def _route_path(scope: Scope) -> bytes:

@@ -14,6 +14,7 @@ from typing import Any
 from app.errors import (
     DEADLINE_PASSED,
     DeadlineExceeded,
+    DeadlineTooShort,
     ItemFailed,
     ModelNotReady,
     QueueFull,
@@ -80,6 +81,7 @@ class DynamicBatcher:
     # Seconds from a batch's dispatch until its answers are set, smoothed; it includes the event
     # loop's delay in picking the results up, which is what grows under overload.
     _turnaround_s: float = field(default=0.0, init=False)
+    _fastest_s: float = field(default=0.0, init=False)  # the quickest turnaround seen
     _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     @property
@@ -133,15 +135,29 @@ class DynamicBatcher:
                 "items waiting); retry later",
                 headers={"Retry-After": str(limits.retry_after_s)},
             )
-        if deadline is not None and self._turnaround_s:
-            batches = (queued + items) // limits.max_batch_size + 1 + (self._in_flight > 0)
-            expected_s = batches * self._turnaround_s
-            if time.monotonic() + expected_s > deadline:
-                raise QueueFull(
-                    f"the expected wait ({expected_s * 1000:.0f} ms for {queued} queued items) "
-                    "exceeds the request's deadline (X-Request-Timeout-Ms); retry later",
-                    headers={"Retry-After": str(limits.retry_after_s)},
-                )
+        if deadline is not None:
+            self._check_deadline(deadline - time.monotonic(), queued + items)
+
+    def _check_deadline(self, remaining_s: float, items: int) -> None:
+        """A deadline that even an idle model could not meet is the request's fault (504,
+        retrying cannot help); one that only the queue ahead of it makes too short is a full
+        queue (503, retry later)."""
+        if remaining_s <= 0:
+            raise DeadlineExceeded(DEADLINE_PASSED)
+        if remaining_s < self._fastest_s:
+            raise DeadlineTooShort(
+                f"the request's deadline (X-Request-Timeout-Ms) leaves {remaining_s * 1000:.3g} "
+                f"ms; one batch of this model takes at least {self._fastest_s * 1000:.3g} ms"
+            )
+        limits = self.limits
+        batches = items // limits.max_batch_size + 1 + (self._in_flight > 0)
+        expected_s = batches * self._turnaround_s
+        if expected_s > remaining_s:
+            raise QueueFull(
+                f"the expected wait ({expected_s * 1000:.0f} ms for {len(self._queue)} queued "
+                "items) exceeds the request's deadline (X-Request-Timeout-Ms); retry later",
+                headers={"Retry-After": str(limits.retry_after_s)},
+            )
 
     def submit(self, payloads: Sequence[Any], deadline: float | None = None) -> list[WorkItem]:
         """Queue the items of one request; all or none: a full queue raises QueueFull at once."""
@@ -229,7 +245,11 @@ class DynamicBatcher:
             else:
                 item.future.set_result(output)
         turnaround_s = time.monotonic() - started
-        self._turnaround_s += 0.2 * (turnaround_s - self._turnaround_s)
+        if self._turnaround_s:
+            self._turnaround_s += 0.2 * (turnaround_s - self._turnaround_s)
+        else:  # the first batch: no history to smooth against
+            self._turnaround_s = turnaround_s
+        self._fastest_s = min(self._fastest_s or turnaround_s, turnaround_s)
         if self.observer is not None:
             queue_s = [w.queue_s for w in batch]
             tokens = sum(w.tokens for w in batch)

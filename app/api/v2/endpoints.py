@@ -210,6 +210,7 @@ def table(with_repository: bool) -> list[Endpoint]:
         tags,
         inference=True,
         invalid_input_status=400,
+        binary_body=True,
         request_schema=InferRequestV2,
         response_schema=InferResponseV2,
         errors=_INFER_ERRORS,
