@@ -65,6 +65,29 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get 413."
     )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line and header section; larger ones get 431.",
+    )
+    max_headers: int = Field(100, ge=8, le=10_000, description="Most header fields; more get 431.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Time from a request's first byte to its last header; then 408."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Time from a request's headers to its last body byte; then 408."
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0,
+        ge=1,
+        description="Close a connection that has sent nothing for this long (new or kept alive).",
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Most open connections; a new one beyond it is answered 503 and closed.",
+    )
     max_top_k: int = Field(100, ge=1, description="Largest top_k a predict request may ask for.")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with a 503 for a full queue.")
     torch_threads: int = Field(

@@ -16,6 +16,7 @@ import torch
 import uvicorn
 
 from app.main import create_app
+from app.server import uvicorn_config
 from app.settings import DEFAULT_REPOSITORY, Settings
 from models.checkpoint import (
     CharLMArchitecture,
@@ -86,7 +87,8 @@ def live_server(settings: Settings, root_path: str = "") -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", root_path=root_path)
+    # The same uvicorn settings as `batchserve serve` (connection limits included).
+    config = uvicorn_config(create_app(settings), log_level="warning", root_path=root_path)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve([sock])), daemon=True)
     thread.start()
