@@ -101,6 +101,18 @@ class ItemFailed(ServiceError):
     code = "item_failed"
 
 
+class ResultNotFinite(ServiceError):
+    """The model's output for this item is NaN or infinite, or a number derived from it (a
+    perplexity) overflows: JSON has no such numbers, and the input was not at fault."""
+
+    status = 422
+    code = "result_not_finite"
+
+
+class PerplexityOverflow(ResultNotFinite):
+    """The log-probability is finite, but exp(-log_prob / num_tokens) is beyond any float."""
+
+
 class ClientDisconnected(ServiceError):
     status = 499
     code = "client_disconnected"

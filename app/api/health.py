@@ -42,6 +42,8 @@ class HealthServer:
 
 def _handler(plane: DataPlane) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = 5  # seconds; an idle or trickling probe connection holds a thread no longer
+
         def do_GET(self) -> None:
             if self.path == PATHS[0]:
                 self._answer(200, {"live": True})

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from app.errors import InvalidInput
+from app.errors import PerplexityOverflow, ResultNotFinite
 from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
 from app.serving.servables import AnyServable, Task, make_servable
 from app.settings import Settings
@@ -124,18 +124,19 @@ def _inference_call(servable: AnyServable) -> Callable[[list[Any]], list[Any]]:
 
 
 def _warm_up(servable: AnyServable, passes: bool) -> None:
-    """One item through the model, whose output must be finite (weights can be finite and still
+    """One item through the model, whose outputs must be finite (weights can be finite and still
     overflow); then, with `passes`, a few more at batch sizes 1 and 8 so that the first real
     requests don't pay allocator and kernel-selection costs."""
     with torch.inference_mode():
         item = servable.warmup_item()
         try:
             servable.infer([item])
-        except InvalidInput as exc:
-            raise CheckpointError(
-                f"a warm-up item: {exc.message}; the model cannot serve"
-            ) from None
+        except PerplexityOverflow:
+            pass  # the outputs are finite; only a number derived from them is not
+        except ResultNotFinite as exc:
+            message = f"a warm-up item: {exc.message}; the model cannot serve"
+            raise CheckpointError(message) from None
         for size in (1, 8, 1) if passes else ():
-            servable.infer([item] * size)
+            servable.run([item] * size)
         if servable.device.type == "cuda":
             torch.cuda.synchronize(servable.device)

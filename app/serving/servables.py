@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from app.errors import InvalidInput
+from app.errors import InvalidInput, PerplexityOverflow, ResultNotFinite
 from app.serving.results import ClassScores, SequenceScore
 from models.checkpoint import ModelConfig, TextInput, VectorInput
 from models.text import CharVocab, normalize
@@ -102,7 +102,7 @@ class Classifier(Servable[ItemT, list[float], ClassScores]):
 
     def encode(self, item: ItemT, output: list[float]) -> ClassScores:
         if not all(map(math.isfinite, output)):
-            raise InvalidInput(NOT_FINITE.format(what="class probabilities"))
+            raise ResultNotFinite(NOT_FINITE.format(what="class probabilities"))
         return ClassScores(output)
 
 
@@ -306,14 +306,14 @@ class SequenceScorer(Servable[ScoreItem, TokenScores, SequenceScore]):
     def encode(self, item: ScoreItem, output: TokenScores) -> SequenceScore:
         log_probs = output.log_probs
         if not all(map(math.isfinite, log_probs)):
-            raise InvalidInput(NOT_FINITE.format(what="log-probabilities"))
+            raise ResultNotFinite(NOT_FINITE.format(what="log-probabilities"))
         log_prob = math.fsum(log_probs)
         tokens = tuple(self.vocab.token(t) for t in item.tokens[item.score_from :])
         if item.pair:
             return SequenceScore(log_prob, tokens, tuple(log_probs), None, output.is_greedy)
         per_token = -log_prob / len(log_probs)
         if per_token > MAX_LOG_PERPLEXITY:
-            raise InvalidInput(
+            raise PerplexityOverflow(
                 f"the perplexity overflows: log_prob / num_tokens is {-per_token:.6g}, so "
                 f"exp({per_token:.6g}) is beyond any float (log_prob itself is {log_prob:.6g})"
             )
