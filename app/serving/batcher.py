@@ -142,9 +142,7 @@ class DynamicBatcher:
         """A deadline that even an idle model could not meet is the request's fault (504,
         retrying cannot help); one that only the queue ahead of it makes too short is a full
         queue (503, retry later)."""
-        if remaining_s <= 0:
-            raise DeadlineExceeded(DEADLINE_PASSED)
-        if remaining_s < self._fastest_s:
+        if remaining_s <= 0 or remaining_s < self._fastest_s:
             raise DeadlineTooShort(
                 f"the request's deadline (X-Request-Timeout-Ms) leaves {remaining_s * 1000:.3g} "
                 f"ms; one batch of this model takes at least {self._fastest_s * 1000:.3g} ms"

@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from app.api.http import ascii_uint, parse_json
-from app.errors import InvalidInput
+from app.errors import InvalidInput, ResultNotFinite
 from app.serving.results import Classification, Scores, VersionInfo
 from app.serving.servables import json_type_name
 from models.checkpoint import ModelConfig, TextInput
@@ -360,7 +360,7 @@ def _fp32(values: list[float], name: str, field: str) -> Any:
     limit = float(np.finfo(np.float32).max)
     for i, value in enumerate(values):
         if abs(value) > limit:
-            raise InvalidInput(f"{field}[{i}]: {name} {value:.6g} is beyond the FP32 range")
+            raise ResultNotFinite(f"{field}[{i}]: {name} {value:.6g} is beyond the FP32 range")
     return np.asarray(values, dtype=np.float32)
 
 
