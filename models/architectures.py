@@ -94,7 +94,12 @@ class CharRNNClassifier(nn.Module):
 class CharLM(nn.Module):
     """Character language model: embedding -> GRU/LSTM (packed) -> linear over the vocabulary.
 
-    The vocabulary is the alphabet plus begin- and end-of-sequence tokens."""
+    The vocabulary is the alphabet plus begin- and end-of-sequence tokens.
+
+    For generation the recurrent state is one tensor per batch row, `[B, S, hidden]` with S =
+    num_layers (GRU) or 2 * num_layers (LSTM: h then c), so that sequences join a running batch
+    with `torch.cat` and leave it by indexing rows: `prefill` reads whole prompts, then `step`
+    advances every row by one token."""
 
     def __init__(
         self,
@@ -116,13 +121,47 @@ class CharLM(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.head = nn.Linear(hidden_size, vocab_size)
+        self.is_lstm = cell == "lstm"
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens: [B, T] (BOS first); lengths: [B] on the CPU. Returns next-token
         log-probabilities [B, T, vocab]; positions past a row's length are meaningless."""
+        return self.prefill(tokens, lengths)[0]
+
+    def prefill(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read whole prompts: tokens [B, T] (BOS first, unless `state` continues a sequence),
+        lengths [B] on the CPU (>= 1). Returns the log-probabilities [B, T, vocab] of `forward`
+        and the state [B, S, hidden] after each row's last real token."""
         packed = pack_padded_sequence(
             self.embedding(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False
         )
-        output, _ = self.rnn(packed)
+        output, final = self.rnn(packed, None if state is None else self._to_rnn(state))
         padded, _ = pad_packed_sequence(output, batch_first=True, total_length=tokens.shape[1])
-        return torch.log_softmax(self.head(padded), dim=-1)
+        # The packed RNN returns the final state in the input's row order, as `padded` is.
+        return torch.log_softmax(self.head(padded), dim=-1), self._from_rnn(final)
+
+    def step(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance each row by one token: tokens [B] (the previous token of each sequence),
+        state [B, S, hidden]. Returns next-token log-probabilities [B, vocab] and the new state."""
+        output, final = self.rnn(self.embedding(tokens).unsqueeze(1), self._to_rnn(state))
+        return torch.log_softmax(self.head(output[:, 0]), dim=-1), self._from_rnn(final)
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        """The state before any token, [B, S, hidden] zeros (what `forward` starts from); the
+        first `step` input is then BOS."""
+        rows = self.rnn.num_layers * (2 if self.is_lstm else 1)
+        weight = self.head.weight
+        return weight.new_zeros(batch_size, rows, self.rnn.hidden_size)
+
+    def _to_rnn(self, state: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        layers = state.transpose(0, 1).contiguous()  # [S, B, hidden], as nn.GRU/nn.LSTM take it
+        if self.is_lstm:
+            h, c = layers.split(self.rnn.num_layers)
+            return h.contiguous(), c.contiguous()
+        return layers
+
+    def _from_rnn(self, final: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        layers = torch.cat(final) if isinstance(final, tuple) else final
+        return layers.transpose(0, 1)

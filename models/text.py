@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+BOS_TOKEN = "<s>"
+EOS_TOKEN = "</s>"
+_SPECIAL = re.compile(f"({re.escape(BOS_TOKEN)}|{re.escape(EOS_TOKEN)})")
 
 
 def normalize(text: str, mode: str) -> str:
@@ -47,7 +53,35 @@ class CharVocab:
 
     def token(self, index: int) -> str:
         if index == self.bos:
-            return "<s>"
+            return BOS_TOKEN
         if index == self.eos:
-            return "</s>"
+            return EOS_TOKEN
         return self.alphabet[index]
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` for the language model: the literal strings "<s>" and "</s>" are
+        BOS and EOS (as a Hugging Face tokenizer reads its special tokens, so that an EOS string
+        is one token), every other character is its alphabet index. Raises ValueError naming the
+        characters outside the alphabet."""
+        parts = _SPECIAL.split(text)  # odd positions are the special tokens themselves
+        unknown = self.unknown_chars("".join(parts[0::2]))
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown[:10])
+            raise ValueError(f"characters outside the alphabet: {shown}")
+        ids: list[int] = []
+        for i, part in enumerate(parts):
+            if i % 2:
+                ids.append(self.bos if part == BOS_TOKEN else self.eos)
+            else:
+                ids.extend(self.encode(part))
+        return ids
+
+    def detokenize(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        """The text of token ids, BOS and EOS written "<s>" and "</s>" (or left out with
+        `skip_special`); the inverse of `tokenize`. Raises ValueError naming ids out of range."""
+        wrong = [i for i in ids if not 0 <= i < self.lm_vocab_size]
+        if wrong:
+            raise ValueError(f"token ids outside 0..{self.lm_vocab_size - 1}: {wrong[:10]}")
+        if skip_special:
+            ids = [i for i in ids if i < self.bos]
+        return "".join(self.token(i) for i in ids)
