@@ -1,0 +1,1 @@
+"""Stubs generated from ../protos by ../regenerate.py; never edited by hand."""
