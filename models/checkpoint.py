@@ -200,7 +200,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def check_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """`state` must have exactly the model's keys and shapes, and finite values."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(expected.keys() - found.keys())
@@ -236,7 +237,7 @@ def load_checkpoint(
         raise CheckpointError(f"{path.name} does not match weights_sha256 in {CONFIG_FILE}")
     model = build_model(config)
     state = _read_weights(path)
-    _check_weights(model, state)
+    check_weights(model, state)
     model.load_state_dict(state)
     return model.to(device).eval(), config
 
