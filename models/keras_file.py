@@ -9,7 +9,7 @@ import json
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ class DenseLayer:
     units: int
     activation: str
     use_bias: bool
+    position: int  # among the model's Dense layers: how a .keras archive finds its weights
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def read_keras(path: Path) -> KerasMLP:
 
 # --------------------------------------------------------------------------- the two file layouts
 
-WeightReader = Any  # (layer name) -> list of (variable name, h5py.Dataset)
+WeightReader = Any  # (DenseLayer) -> list of (variable name, h5py.Dataset)
 
 
 def _h5py() -> Any:
@@ -78,7 +79,7 @@ def _opened(path: Path) -> Iterator[tuple[dict[str, Any], WeightReader]]:
     if zipfile.is_zipfile(path):
         config, weights = _keras_archive(path)
         with h5py.File(io.BytesIO(weights), "r") as h5:
-            yield config, lambda name: _archive_variables(h5, name)
+            yield config, lambda layer: _archive_variables(h5, layer)
         return
     try:
         h5 = h5py.File(path, "r")
@@ -93,7 +94,7 @@ def _opened(path: Path) -> Iterator[tuple[dict[str, Any], WeightReader]]:
             )
         config = _json(raw.decode() if isinstance(raw, bytes) else str(raw), path)
         group = h5["model_weights"] if "model_weights" in h5 else h5
-        yield config, lambda name: _legacy_variables(group, name)
+        yield config, lambda layer: _legacy_variables(group, layer.name)
 
 
 def _keras_archive(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -122,9 +123,11 @@ def _json(text: str, path: Path) -> dict[str, Any]:
     return value
 
 
-def _archive_variables(h5: Any, layer: str) -> list[tuple[str, Any]]:
-    # Keras 3 keeps a layer's variables as layers/<name>/vars/0 (kernel), /1 (bias).
-    group = h5.get(f"layers/{layer}/vars")
+def _archive_variables(h5: Any, layer: DenseLayer) -> list[tuple[str, Any]]:
+    # Keras 3 keeps the variables of a model's n-th Dense layer as layers/dense_n/vars/0 (kernel)
+    # and /1 (bias), "dense" for the first: by class and position, not by the layer's name.
+    key = "dense" if layer.position == 0 else f"dense_{layer.position}"
+    group = h5.get(f"layers/{key}/vars")
     if group is None:
         return []
     return [(key, group[key]) for key in sorted(group.keys(), key=int)]
@@ -161,17 +164,12 @@ def _dense_layers(model: dict[str, Any], path: Path) -> tuple[list[DenseLayer], 
             and not config.get("quantization_config")
             and not config.get("lora_rank")
         ):
-            dense.append(
-                DenseLayer(
-                    name,
-                    int(config["units"]),
-                    _activation_name(config),
-                    config.get("use_bias", True),
-                )
-            )
+            activation = _activation_name(config)
+            use_bias = bool(config.get("use_bias", True))
+            dense.append(DenseLayer(name, int(config["units"]), activation, use_bias, len(dense)))
         elif kind == "Activation" and dense and dense[-1].activation == "linear":
             last = dense[-1]
-            dense[-1] = DenseLayer(last.name, last.units, _activation_name(config), last.use_bias)
+            dense[-1] = replace(last, activation=_activation_name(config))
         elif kind == "Flatten" and not dense:
             continue
         elif kind not in PASSIVE_LAYERS or kind == "Flatten":
@@ -253,7 +251,7 @@ def _state_dict(
 ) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for i, layer in enumerate(layers):
-        kernel, bias = _kernel_and_bias(layer, weights_of(layer.name), path)
+        kernel, bias = _kernel_and_bias(layer, weights_of(layer), path)
         expected = (sizes[i], sizes[i + 1])
         if tuple(kernel.shape) != expected or (bias is not None and bias.shape != expected[1:]):
             found = [list(kernel.shape), None if bias is None else list(bias.shape)]

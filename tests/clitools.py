@@ -4,12 +4,15 @@ real data files for it."""
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -101,3 +104,21 @@ def write_lines(path: Path) -> Path:
     names = [name for group in NAMES.values() for name in group]
     path.write_text("\n".join(names * 2) + "\n", encoding="utf-8")
     return path
+
+
+def v2_outputs(url: str, model: str, inputs: list[Any]) -> dict[str, list[Any]]:
+    """The model's outputs over /v2 (Open Inference Protocol), each reshaped to rows."""
+    if isinstance(inputs[0], str):
+        tensor = {"name": "text", "datatype": "BYTES", "shape": [len(inputs)], "data": inputs}
+    else:
+        rows = np.asarray(inputs, dtype=np.float32).reshape(len(inputs), -1)
+        tensor = {"name": "input", "datatype": "FP32", "shape": list(rows.shape),
+                  "data": rows.ravel().tolist()}  # fmt: skip
+    response = httpx.post(f"{url}/v2/models/{model}/infer", json={"inputs": [tensor]}, timeout=30)
+    assert response.status_code == 200, response.text
+    outputs = {}
+    for output in response.json()["outputs"]:
+        width = math.prod(output["shape"][1:])
+        data = output["data"]
+        outputs[output["name"]] = [data[i : i + width] for i in range(0, len(data), width)]
+    return outputs
