@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -194,10 +195,20 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
         raise CheckpointError(f"cannot read {path.name}: {exc}".splitlines()[0]) from None
     except Exception as exc:  # noqa: BLE001 - the unpickler raises many types on hostile files
-        raise CheckpointError(f"refused {path.name}: {type(exc).__name__}: {exc}"[:500]) from None
+        raise CheckpointError(f"refused {path.name}: {refusal_reason(exc)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path.name} is not a state_dict of tensors")
     return state
+
+
+def refusal_reason(exc: Exception) -> str:
+    """One line on why torch.load(weights_only=True) refused a file: the unpickler's own message
+    spans paragraphs (and suggests weights_only=False, which would run the file's code)."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it needs {found.group(1)} to load; only tensors and plain containers are read"
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
 def check_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from models.checkpoint import CheckpointError
+from models.checkpoint import CheckpointError, refusal_reason
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # common training-checkpoint layouts
 GATES = {1: "rnn", 3: "gru", 4: "lstm"}  # rows of weight_ih per hidden unit
@@ -42,7 +42,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
         raise CheckpointError(f"{path}: cannot read it: {exc}".splitlines()[0]) from None
     except Exception as exc:  # noqa: BLE001 - the unpickler raises many types on hostile files
-        raise CheckpointError(f"{path}: refused: {type(exc).__name__}: {exc}"[:500]) from None
+        raise CheckpointError(f"{path}: refused: {refusal_reason(exc)}") from None
     if isinstance(state, dict):
         for key in WRAPPER_KEYS:
             if isinstance(state.get(key), dict):
