@@ -8,6 +8,9 @@ import math
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,3 +125,36 @@ def v2_outputs(url: str, model: str, inputs: list[Any]) -> dict[str, list[Any]]:
         data = output["data"]
         outputs[output["name"]] = [data[i : i + width] for i in range(0, len(data), width)]
     return outputs
+
+
+@contextmanager
+def serving(
+    argv: Sequence[str], port: int, env: dict[str, str], log: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`batchserve serve ARGV` as a process (output to `log`) until /v2/health/ready answers 200
+    on `port`; terminated afterwards."""
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(ENTRY_POINT), "serve", *argv], env={**os.environ, **env}, stdout=output,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the server did not become ready on {url}: {tail}")
+            time.sleep(0.1)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
