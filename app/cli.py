@@ -51,6 +51,10 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class UsageError(Exception):
+    """An option value the command cannot use; the message names the option."""
+
+
 def _fail(command: str, message: object) -> int:
     print(f"batchserve {command}: error: {message}", file=sys.stderr)
     return 2
@@ -338,7 +342,7 @@ def _import(args: argparse.Namespace) -> int:
         else:
             model, config = import_state_dict(args.file, args.arch, facts)
         directory, config = write_version(repository, model, config, version, args.force)
-    except (CheckpointError, DataError, VersionError, ValueError) as exc:
+    except (CheckpointError, DataError, VersionError, UsageError) as exc:
         return _fail(f"import {args.kind}", exc)
     arch = config.architecture
     print(f"wrote {directory} ({arch.type}, {len(config.labels)} labels)")
@@ -348,7 +352,7 @@ def _import(args: argparse.Namespace) -> int:
 
 def _user_facts(args: argparse.Namespace) -> Any:
     from models.importing import UserFacts, read_base_config
-    from models.train_cli import _name_from
+    from models.train_cli import name_from_file
 
     labels = None
     if args.labels is not None:
@@ -357,10 +361,10 @@ def _user_facts(args: argparse.Namespace) -> Any:
         try:
             text = args.labels_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"--labels-file {args.labels_file}: {exc}") from None
+            raise UsageError(f"--labels-file {args.labels_file}: {exc}") from None
         labels = [line.strip() for line in text.splitlines() if line.strip()]
     return UserFacts(
-        name=args.name or _name_from(args.file),
+        name=args.name or name_from_file(args.file),
         labels=labels,
         description=args.description,
         input_range=_pair(args.input_range),
@@ -380,7 +384,9 @@ def _pair(text: str | None) -> tuple[float, float] | None:
     try:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"--input-range: expected LOW,HIGH, got {text!r}") from None
+        raise UsageError(f"--input-range: expected LOW,HIGH, got {text!r}") from None
+    if not low < high:
+        raise UsageError(f"--input-range: LOW must be below HIGH, got {text!r}")
     return low, high
 
 
@@ -390,7 +396,7 @@ def _shape(text: str | None) -> list[int] | None:
     try:
         return [int(part) for part in text.lower().split("x")]
     except ValueError:
-        raise ValueError(f"--input-shape: expected sizes like 28x28, got {text!r}") from None
+        raise UsageError(f"--input-shape: expected sizes like 28x28, got {text!r}") from None
 
 
 # --------------------------------------------------------------------------- check

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> list[tuple[Path, ModelConfig]]:
     )
     if args.data is not None:
         recipe = ALIASES.get(args.recipe, args.recipe)
-        name = args.name or _name_from(args.data)
+        name = args.name or name_from_file(args.data)
         own = OwnData(
             args.data,
             (args.valid_fraction, args.test_fraction),
@@ -199,7 +199,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise DataError("--valid-fraction and --test-fraction must be in (0, 1) and sum below 1")
 
 
-def _name_from(path: Path) -> str:
+def name_from_file(path: Path) -> str:
+    """A model name from a file's stem: characters a name cannot hold become '-'."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-._")[:64]
     return name or "model"
 

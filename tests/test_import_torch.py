@@ -4,6 +4,7 @@ batchserve's keys, served over HTTP, and answer what the original modules comput
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import string
@@ -301,3 +302,21 @@ def test_a_training_checkpoint_dict_holding_the_state_dict_is_unwrapped(
               "relu", "--repository", tmp_path / "repo")  # fmt: skip
     assert run.code == 0, run.err
     assert (tmp_path / "repo" / "ckpt" / "1" / "model.safetensors").is_file()
+
+
+def test_a_partial_config_json_fills_the_other_fields_and_cannot_change_the_architecture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = _saved(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), tmp_path / "m.pt")
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"description": "from --config", "batching": {"max_batch_size": 8},
+                                 "labels": ["no", "yes"]}))  # fmt: skip
+    args = ("import", "torch", weights, "--arch", "mlp", "--activation", "relu", "--repository")
+    run = cli(capsys, *args, tmp_path / "repo", "--config", extra, "--labels", "off,on")
+    assert run.code == 0, run.err
+    config = json.loads((tmp_path / "repo" / "m" / "1" / "config.json").read_text())
+    assert config["description"] == "from --config" and config["batching"]["max_batch_size"] == 8
+    assert config["labels"] == ["off", "on"]  # an option wins over --config
+    extra.write_text(json.dumps({"architecture": {"type": "mlp", "layer_sizes": [4, 2]}}))
+    _refused(cli(capsys, *args, tmp_path / "other", "--config", extra), "architecture",
+             tmp_path / "other")  # fmt: skip
