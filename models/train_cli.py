@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from models.checkpoint import (
     CharLMArchitecture,
@@ -259,7 +260,7 @@ def _head(rows: list[int], limit: int | None) -> list[int]:
     return rows if limit is None else rows[:limit]
 
 
-def _own_mlp(name: str, own: OwnData, options: TrainOptions) -> tuple[Any, ModelConfig]:
+def _own_mlp(name: str, own: OwnData, options: TrainOptions) -> tuple[nn.Module, ModelConfig]:
     data = read_vectors(own.path)
     check_labels(data.labels, own.path)
     labels = label_names(data.labels)
@@ -310,7 +311,9 @@ def _text_input(texts: Sequence[str], own: OwnData) -> TextInput:
     return TextInput(alphabet=alphabet, max_length=max_length, normalize=own.normalize)
 
 
-def _own_classifier(name: str, own: OwnData, options: TrainOptions) -> tuple[Any, ModelConfig]:
+def _own_classifier(
+    name: str, own: OwnData, options: TrainOptions
+) -> tuple[nn.Module, ModelConfig]:
     pairs = read_labelled_text(own.path)
     labels_per_row = [label for _, label in pairs]
     check_labels(labels_per_row, own.path)
@@ -332,7 +335,7 @@ def _own_classifier(name: str, own: OwnData, options: TrainOptions) -> tuple[Any
     return model, config.model_copy(update={"data": _provenance(own, split.sizes(), used)})
 
 
-def _own_lm(name: str, own: OwnData, options: TrainOptions) -> tuple[Any, ModelConfig]:
+def _own_lm(name: str, own: OwnData, options: TrainOptions) -> tuple[nn.Module, ModelConfig]:
     texts = _normalised(read_lines(own.path), own)
     split = split_rows(len(texts), own.fractions, SPLIT_SEED, own.path)
     rows = [_head(part, options.limit) for part in (split.train, split.valid, split.test)]
