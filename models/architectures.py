@@ -3,6 +3,7 @@ character RNN classifier, and a character-level recurrent language model."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import pairwise
 
 import torch
@@ -38,22 +39,36 @@ class MLP(nn.Module):
 class CharRNNClassifier(nn.Module):
     """The PyTorch tutorial's RNN: `i2h` and `i2o` read concat(one-hot char, hidden).
 
-    cell="elman" is the tutorial's cell (with tanh on the hidden state, which keeps long names from
-    diverging); "gru" and "lstm" replace the recurrence with a packed cuDNN-style RNN and read the
-    output from the final hidden state with `i2o`. A whole padded batch runs in one call: rows are
-    sorted by length, so step t only computes the rows still running (compute follows real tokens).
+    cell="elman" is the tutorial's cell; `hidden_activation` "tanh" (batchserve's own models: it
+    keeps long names from diverging) or "identity" (the tutorial as written). "rnn", "gru" and
+    "lstm" replace the recurrence with a packed cuDNN-style RNN and read the output from the final
+    hidden state with `i2o` ("rnn" is the tutorial's later i2h/h2h/h2o and nn.RNN/h2o versions). A
+    whole padded batch runs in one call: rows are sorted by length, so step t only computes the
+    rows still running (compute follows real tokens).
     """
 
-    def __init__(self, alphabet_size: int, hidden_size: int, num_classes: int, cell: str = "elman"):
+    def __init__(
+        self,
+        alphabet_size: int,
+        hidden_size: int,
+        num_classes: int,
+        cell: str = "elman",
+        hidden_activation: str = "tanh",
+    ):
         super().__init__()
         self.alphabet_size = alphabet_size
         self.hidden_size = hidden_size
         self.cell = cell
+        activations: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+            "tanh": torch.tanh,
+            "identity": _identity,
+        }
+        self.hidden_activation = activations[hidden_activation]
         if cell == "elman":
             self.i2h = nn.Linear(alphabet_size + hidden_size, hidden_size)
             self.i2o = nn.Linear(alphabet_size + hidden_size, num_classes)
         else:
-            rnn_type = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
+            rnn_type = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell]
             self.rnn = rnn_type(alphabet_size, hidden_size, batch_first=True)
             self.i2o = nn.Linear(hidden_size, num_classes)
         self.log_softmax = nn.LogSoftmax(dim=-1)
@@ -87,8 +102,12 @@ class CharRNNClassifier(nn.Module):
             combined = torch.cat((one_hot[:active, t], hidden[:active]), dim=1)
             if ending < active:
                 logits[ending:active] = self.i2o(combined[ending:active])
-            hidden = torch.cat((torch.tanh(self.i2h(combined)), hidden[active:]), dim=0)
+            hidden = torch.cat((self.hidden_activation(self.i2h(combined)), hidden[active:]), dim=0)
         return logits
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class CharLM(nn.Module):

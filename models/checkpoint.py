@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -44,9 +45,17 @@ class MLPArchitecture(_Strict):
 
 class CharRNNArchitecture(_Strict):
     type: Literal["char_rnn_classifier"] = "char_rnn_classifier"
-    cell: Literal["elman", "gru", "lstm"] = "elman"
+    cell: Literal["elman", "rnn", "gru", "lstm"] = "elman"
     hidden_size: int = Field(ge=1, le=MAX_WIDTH)
+    # elman only: "identity" is the PyTorch tutorial's i2h/i2o RNN as written (no tanh).
+    hidden_activation: Literal["tanh", "identity"] = "tanh"
     output: Literal["log_softmax"] = "log_softmax"
+
+    @model_validator(mode="after")
+    def _activation_of_elman_only(self) -> CharRNNArchitecture:
+        if self.hidden_activation != "tanh" and self.cell != "elman":
+            raise ValueError("hidden_activation applies to the elman cell only")
+        return self
 
 
 class CharLMArchitecture(_Strict):
@@ -148,7 +157,9 @@ def build_model(config: ModelConfig) -> nn.Module:
     assert isinstance(config.input, TextInput)
     alphabet_size = len(config.input.alphabet)
     if isinstance(arch, CharRNNArchitecture):
-        return CharRNNClassifier(alphabet_size, arch.hidden_size, len(config.labels), arch.cell)
+        return CharRNNClassifier(
+            alphabet_size, arch.hidden_size, len(config.labels), arch.cell, arch.hidden_activation
+        )
     return CharLM(
         alphabet_size + 2, arch.embedding_dim, arch.hidden_size, arch.num_layers, arch.cell
     )
@@ -184,13 +195,24 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
         raise CheckpointError(f"cannot read {path.name}: {exc}".splitlines()[0]) from None
     except Exception as exc:  # noqa: BLE001 - the unpickler raises many types on hostile files
-        raise CheckpointError(f"refused {path.name}: {type(exc).__name__}: {exc}"[:500]) from None
+        raise CheckpointError(f"refused {path.name}: {refusal_reason(exc)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path.name} is not a state_dict of tensors")
     return state
 
 
-def _check_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def refusal_reason(exc: Exception) -> str:
+    """One line on why torch.load(weights_only=True) refused a file: the unpickler's own message
+    spans paragraphs (and suggests weights_only=False, which would run the file's code)."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it needs {found.group(1)} to load; only tensors and plain containers are read"
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def check_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """`state` must have exactly the model's keys and shapes, and finite values."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(expected.keys() - found.keys())
@@ -226,7 +248,7 @@ def load_checkpoint(
         raise CheckpointError(f"{path.name} does not match weights_sha256 in {CONFIG_FILE}")
     model = build_model(config)
     state = _read_weights(path)
-    _check_weights(model, state)
+    check_weights(model, state)
     model.load_state_dict(state)
     return model.to(device).eval(), config
 
@@ -241,15 +263,26 @@ def _check_parameter_count(config: ModelConfig) -> None:
         )
 
 
+FILE_MODE = 0o644  # checkpoint files: written by the trainer, read by any (non-root) server user
+
+
 def save_checkpoint(directory: Path, model: nn.Module, config: ModelConfig) -> ModelConfig:
-    """Write weights and config; returns the config with the weights' sha256 filled in."""
+    """Write weights and config, both mode 0644; returns the config with the weights' sha256."""
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / SAFETENSORS_FILE
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, weights)
+    # safetensors creates the file 0600 whatever the umask; a container's non-root user reads it.
+    weights.chmod(FILE_MODE)
     config = config.model_copy(
         update={"weights_file": SAFETENSORS_FILE, "weights_sha256": sha256_file(weights)}
     )
-    text = json.dumps(config.model_dump(mode="json"), indent=2, ensure_ascii=False)
-    (directory / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
+    write_config(directory, config)
     return config
+
+
+def write_config(directory: Path, config: ModelConfig) -> None:
+    text = json.dumps(config.model_dump(mode="json"), indent=2, ensure_ascii=False)
+    path = directory / CONFIG_FILE
+    path.write_text(text + "\n", encoding="utf-8")
+    path.chmod(FILE_MODE)

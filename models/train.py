@@ -1,15 +1,18 @@
-"""Train the shipped models on their pinned data and write checkpoints into a model repository:
-`python -m models.train {mnist-mlp,names-rnn,names-lm,all} [--out models/repository]`."""
+"""The three training recipes (mnist-mlp, names-rnn, names-lm): a seeded, bit-reproducible loop
+(on one machine: other CPUs pick other float kernels), trainers for each architecture on tensors or
+strings, and the recipes on their pinned data sets. `python -m models.train` is the same command
+as `batchserve train` (models/train_cli.py)."""
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
+import platform
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +28,6 @@ from models.checkpoint import (
     TextInput,
     VectorInput,
     build_model,
-    save_checkpoint,
 )
 from models.data import (
     SURNAME_ALPHABET,
@@ -36,8 +38,8 @@ from models.data import (
     load_surnames,
 )
 from models.text import CharVocab
+from models.versions import default_repository, plan_version, write_version
 
-DEFAULT_OUT = Path("models/repository")
 EVAL_BATCH = 2048
 MNIST_SHIFT_PX = 1
 CLIP_NORM = 5.0
@@ -63,15 +65,18 @@ RECIPES = {
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """What every trainer takes; `limit` keeps the first N items of each split (for tests)."""
+    """What every trainer takes; `limit` keeps the first N items of each split (for tests). The
+    checkpoint is written as `version` of the model in `out` (None: the next free version); an
+    existing version is replaced only with `force`."""
 
-    out: Path = DEFAULT_OUT
-    version: str = "1"
+    out: Path = field(default_factory=default_repository)
+    version: int | None = None
     epochs: int | None = None
     seed: int = 0
     limit: int | None = None
     progress: bool = True
     cache_dir: Path | None = None
+    force: bool = False
 
 
 @dataclass
@@ -88,6 +93,7 @@ class FitResult:
 
 def _fit(
     name: str,
+    recipe: Recipe,
     model: nn.Module,
     losses: Callable[[torch.Tensor], torch.Tensor],
     num_train: int,
@@ -96,14 +102,16 @@ def _fit(
 ) -> FitResult:
     """Mini-batch Adam over a seeded shuffle of range(num_train); `losses(indices)` is a batch's
     loss. Keeps the weights of the epoch with the best `validate()` score (higher is better)."""
-    recipe, start = RECIPES[name], time.monotonic()
+    start = time.monotonic()
     epochs = options.epochs or recipe.epochs
     generator = torch.Generator().manual_seed(options.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
     scheduler = _scheduler(optimizer, recipe, epochs, num_train)
     best_epoch, best_score, best_state = 0, -math.inf, copy.deepcopy(model.state_dict())
     epoch_losses: list[float] = []
-    bar = tqdm(range(1, epochs + 1), desc=name, unit="epoch", disable=not options.progress)
+    bar = tqdm(
+        range(1, epochs + 1), desc=name, unit="epoch", disable=not options.progress, file=sys.stderr
+    )
     for epoch in bar:
         loss = _train_epoch(model, losses, num_train, recipe, optimizer, scheduler, generator)
         epoch_losses.append(loss)
@@ -150,8 +158,9 @@ def _scheduler(
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.learning_rate, total_steps=steps)
 
 
-def _training_record(name: str, fit: FitResult, options: TrainOptions) -> dict[str, Any]:
-    recipe = RECIPES[name]
+def _training_record(
+    recipe: Recipe, fit: FitResult, options: TrainOptions, augmentation: str | None = None
+) -> dict[str, Any]:
     return {
         "epochs": fit.epochs,
         "best_epoch": fit.best_epoch,
@@ -162,16 +171,15 @@ def _training_record(name: str, fit: FitResult, options: TrainOptions) -> dict[s
         "learning_rate_schedule": recipe.schedule,
         "batch_size": recipe.batch_size,
         "gradient_clip_norm": CLIP_NORM,
-        **(
-            {"augmentation": f"random shifts of up to {MNIST_SHIFT_PX} px"}
-            if name == "mnist-mlp"
-            else {}
-        ),
+        **({"augmentation": augmentation} if augmentation else {}),
         "train_loss_per_epoch": [round(x, 5) for x in fit.losses],
         "limit": options.limit,
         "seconds": round(fit.seconds, 1),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        # The same seed gives the same bits on the same machine; another CPU may differ in the last
+        # bits (ATen and MKL pick kernels by instruction set), which training then amplifies.
+        "cpu": f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}",
     }
 
 
@@ -180,7 +188,8 @@ def _head(items: Sequence[T], limit: int | None) -> Sequence[T]:
 
 
 def _save(model: nn.Module, config: ModelConfig, options: TrainOptions) -> ModelConfig:
-    return save_checkpoint(options.out / config.name / options.version, model, config)
+    version = plan_version(options.out, config.name, options.version, options.force)
+    return write_version(options.out, model, config, version, options.force)[1]
 
 
 # --------------------------------------------------------------------------- MNIST MLP
@@ -220,8 +229,43 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (predicted == y).double().mean().item()
 
 
+Tensors = tuple[torch.Tensor, torch.Tensor]
+
+
+def train_mlp(
+    config: ModelConfig,
+    splits: tuple[Tensors, Tensors, Tensors],
+    options: TrainOptions,
+    recipe: Recipe,
+    shift_px: int = 0,
+) -> tuple[nn.Module, ModelConfig]:
+    """Fit an mlp classifier on (features, label index) train/valid/test splits; `shift_px` > 0
+    moves 28x28 images by random whole pixels. Returns the model and the config with its metrics
+    and training record."""
+    (x, y), (vx, vy), (tx, ty) = splits
+    torch.manual_seed(options.seed)
+    model = build_model(config)
+    loss_fn = nn.CrossEntropyLoss()
+    shifts = torch.Generator().manual_seed(options.seed + 1)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        inputs = translate(x[idx], shifts, shift_px) if shift_px else x[idx]
+        return loss_fn(model(inputs), y[idx])
+
+    fit = _fit(
+        config.name, recipe, model, batch_loss, len(y), lambda: _accuracy(model, vx, vy), options
+    )
+    metrics = {"test_accuracy": _accuracy(model, tx, ty), "valid_accuracy": fit.valid_score}
+    metrics["majority_class_baseline"] = torch.bincount(ty).max().item() / len(ty)
+    augmentation = f"random shifts of up to {shift_px} px" if shift_px else None
+    training = _training_record(recipe, fit, options, augmentation)
+    return model, config.model_copy(update={"metrics": metrics, "training": training})
+
+
 def train_mnist_mlp(options: TrainOptions, data: MnistData | None = None) -> ModelConfig:
     """Train and save mnist-mlp; returns the saved config."""
+    version = plan_version(options.out, "mnist-mlp", options.version, options.force)
+    options = replace(options, version=version)
     data = data or load_mnist(options.cache_dir)
     (x, y), (vx, vy), (tx, ty) = [
         (torch.from_numpy(split.images), torch.from_numpy(split.labels))
@@ -229,30 +273,11 @@ def train_mnist_mlp(options: TrainOptions, data: MnistData | None = None) -> Mod
     ]
     if options.limit is not None:
         x, y, vx, vy, tx, ty = (t[: options.limit] for t in (x, y, vx, vy, tx, ty))
-    torch.manual_seed(options.seed)
-    config = mnist_config()
-    model = build_model(config)
-    loss_fn = nn.CrossEntropyLoss()
-    shifts = torch.Generator().manual_seed(options.seed + 1)
-    fit = _fit(
-        config.name,
-        model,
-        lambda idx: loss_fn(model(translate(x[idx], shifts, MNIST_SHIFT_PX)), y[idx]),
-        len(y),
-        lambda: _accuracy(model, vx, vy),
-        options,
-    )
+    splits = ((x, y), (vx, vy), (tx, ty))
+    recipe = RECIPES["mnist-mlp"]
+    model, config = train_mlp(mnist_config(), splits, options, recipe, MNIST_SHIFT_PX)
     used = {"train": len(y), "valid": len(vy), "test": len(ty)}
-    config = config.model_copy(
-        update={
-            "data": {**data.provenance(), "used": used},
-            "metrics": {
-                "test_accuracy": _accuracy(model, tx, ty),
-                "valid_accuracy": fit.valid_score,
-            },
-            "training": _training_record(config.name, fit, options),
-        }
-    )
+    config = config.model_copy(update={"data": {**data.provenance(), "used": used}})
     return _save(model, config, options)
 
 
@@ -322,12 +347,17 @@ def _topk_accuracy(log_probs: torch.Tensor, y: torch.Tensor, k: int) -> float:
     return (top == y[:, None]).any(-1).double().mean().item()
 
 
-def train_names_rnn(options: TrainOptions, data: SurnameData | None = None) -> ModelConfig:
-    """Train and save names-rnn; returns the saved config."""
-    data = data or load_surnames(options.cache_dir)
-    train, valid, test = _limited(data, options.limit)
-    config = names_rnn_config(data.countries)
-    vocab, label_index = CharVocab(SURNAME_ALPHABET), {c: i for i, c in enumerate(config.labels)}
+Pairs = Sequence[tuple[str, str]]
+
+
+def train_char_classifier(
+    config: ModelConfig, splits: tuple[Pairs, Pairs, Pairs], options: TrainOptions, recipe: Recipe
+) -> tuple[nn.Module, ModelConfig]:
+    """Fit a char_rnn_classifier on (normalised text, label) train/valid/test splits; returns the
+    model and the config with its metrics and training record."""
+    train, valid, test = splits
+    vocab = CharVocab(config.input.alphabet)  # type: ignore[union-attr]
+    label_index = {c: i for i, c in enumerate(config.labels)}
     chars, lengths = encode_batch([n for n, _ in train], vocab)
     y = torch.tensor([label_index[c] for _, c in train])
     vy = torch.tensor([label_index[c] for _, c in valid])
@@ -336,6 +366,7 @@ def train_names_rnn(options: TrainOptions, data: SurnameData | None = None) -> M
     loss_fn = nn.NLLLoss()
     fit = _fit(
         config.name,
+        recipe,
         model,
         lambda idx: loss_fn(model(chars[idx], lengths[idx]), y[idx]),
         len(y),
@@ -343,14 +374,25 @@ def train_names_rnn(options: TrainOptions, data: SurnameData | None = None) -> M
         options,
     )
     metrics = _classifier_metrics(model, test, vocab, label_index)
-    config = config.model_copy(
-        update={
-            "data": {**data.provenance(), "used": _used(train, valid, test)},
-            "metrics": {**metrics, "valid_accuracy": fit.valid_score},
-            "training": _training_record(config.name, fit, options),
-        }
+    update = {
+        "metrics": {**metrics, "valid_accuracy": fit.valid_score},
+        "training": _training_record(recipe, fit, options),
+    }
+    return model, config.model_copy(update=update)
+
+
+def train_names_rnn(options: TrainOptions, data: SurnameData | None = None) -> ModelConfig:
+    """Train and save names-rnn; returns the saved config."""
+    options = replace(
+        options, version=plan_version(options.out, "names-rnn", options.version, options.force)
     )
-    return _save(model, config, options)
+    data = data or load_surnames(options.cache_dir)
+    train, valid, test = _limited(data, options.limit)
+    config = names_rnn_config(data.countries)
+    recipe = RECIPES["names-rnn"]
+    model, config = train_char_classifier(config, (train, valid, test), options, recipe)
+    provenance = {**data.provenance(), "used": _used(train, valid, test)}
+    return _save(model, config.model_copy(update={"data": provenance}), options)
 
 
 def _classifier_metrics(
@@ -423,16 +465,22 @@ def unigram_perplexity(train: Sequence[str], test: Sequence[str], vocab: CharVoc
     return math.exp(nll / sum(len(n) + 1 for n in test))
 
 
-def train_names_lm(options: TrainOptions, data: SurnameData | None = None) -> ModelConfig:
-    """Train and save names-lm on the surnames' train split; returns the saved config."""
-    data = data or load_surnames(options.cache_dir)
-    train, valid, test = ([n for n, _ in split] for split in _limited(data, options.limit))
-    vocab, config = CharVocab(SURNAME_ALPHABET), names_lm_config()
+def train_char_lm(
+    config: ModelConfig,
+    splits: tuple[Sequence[str], Sequence[str], Sequence[str]],
+    options: TrainOptions,
+    recipe: Recipe,
+) -> tuple[nn.Module, ModelConfig]:
+    """Fit a char_lm on normalised train/valid/test strings; returns the model and the config with
+    its metrics and training record."""
+    train, valid, test = splits
+    vocab = CharVocab(config.input.alphabet)  # type: ignore[union-attr]
     inputs, targets, lengths = lm_batch(train, vocab)
     torch.manual_seed(options.seed)
     model = build_model(config)
     fit = _fit(
         config.name,
+        recipe,
         model,
         lambda idx: _lm_loss(model, inputs[idx], targets[idx], lengths[idx]),
         len(train),
@@ -446,53 +494,33 @@ def train_names_lm(options: TrainOptions, data: SurnameData | None = None) -> Mo
         "unigram_baseline_perplexity": unigram_perplexity(train, test, vocab),
         "valid_perplexity": -fit.valid_score,
     }
-    provenance = {**data.provenance(), "used": _used(train, valid, test), "labels": "not used"}
-    config = config.model_copy(
-        update={
-            "data": provenance,
-            "metrics": metrics,
-            "training": _training_record(config.name, fit, options),
-        }
+    training = _training_record(recipe, fit, options)
+    return model, config.model_copy(update={"metrics": metrics, "training": training})
+
+
+def train_names_lm(options: TrainOptions, data: SurnameData | None = None) -> ModelConfig:
+    """Train and save names-lm on the surnames' train split; returns the saved config."""
+    options = replace(
+        options, version=plan_version(options.out, "names-lm", options.version, options.force)
     )
-    return _save(model, config, options)
+    data = data or load_surnames(options.cache_dir)
+    train, valid, test = ([n for n, _ in split] for split in _limited(data, options.limit))
+    model, config = train_char_lm(
+        names_lm_config(), (train, valid, test), options, RECIPES["names-lm"]
+    )
+    provenance = {**data.provenance(), "used": _used(train, valid, test), "labels": "not used"}
+    return _save(model, config.model_copy(update={"data": provenance}), options)
 
 
 # --------------------------------------------------------------------------- command line
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__)
-    parser.add_argument("model", choices=[*RECIPES, "all"])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model repository")
-    parser.add_argument("--version", default="1")
-    parser.add_argument("--epochs", type=int, default=None, help="default: per model")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="first N items of each split")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--data-dir", type=Path, default=None, help="wheel cache directory")
-    return parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m models.train`: the same command as `batchserve train`."""
+    from models.train_cli import main as train_main  # it imports this module
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse(argv)
-    torch.set_num_threads(args.threads)
-    options = TrainOptions(
-        args.out, args.version, args.epochs, args.seed, args.limit, True, args.data_dir
-    )
-    wanted = list(RECIPES) if args.model == "all" else [args.model]
-    surnames = None
-    if {"names-rnn", "names-lm"} & set(wanted):
-        surnames = load_surnames(args.data_dir)
-    for name in wanted:
-        if name == "mnist-mlp":
-            config = train_mnist_mlp(options)
-        elif name == "names-rnn":
-            config = train_names_rnn(options, surnames)
-        else:
-            config = train_names_lm(options, surnames)
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in config.metrics.items())
-        print(f"{name}: {metrics} ({config.training['seconds']} s)")
+    return train_main(argv, prog="python -m models.train")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -91,7 +91,13 @@ def outputs(model: nn.Module, config: ModelConfig) -> torch.Tensor:
         return model(*lm_inputs(["abc", "j", "hgfedcba"], pad=0))
 
 
-ALL_CONFIGS = [mlp_config, lambda: rnn_config("elman"), lambda: rnn_config("gru"), lm_config]
+ALL_CONFIGS = [
+    mlp_config,
+    lambda: rnn_config("elman"),
+    lambda: rnn_config("rnn"),
+    lambda: rnn_config("gru"),
+    lm_config,
+]
 
 
 # --------------------------------------------------------------------------- shapes
@@ -101,7 +107,7 @@ def test_mlp_maps_a_batch_of_vectors_to_one_logit_per_class() -> None:
     assert MLP([6, 5, 3])(torch.zeros(4, 6)).shape == (4, 3)
 
 
-@pytest.mark.parametrize("cell", ["elman", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["elman", "rnn", "gru", "lstm"])
 def test_char_rnn_returns_log_probabilities_per_string(cell: str) -> None:
     out = CharRNNClassifier(len(ALPHABET), 7, 3, cell)(*padded(["abc", "j"]))
     assert out.shape == (2, 3)
@@ -134,10 +140,39 @@ def test_mlp_default_is_the_keras_example_784_64_64_10_relu() -> None:
     assert shapes == [(784, 64), (64, 64), (64, 10)]
 
 
+def _tutorial_steps(model: CharRNNClassifier, text: str, tanh: bool) -> torch.Tensor:
+    """The PyTorch tutorial's loop, one character at a time: combined = cat(one-hot, hidden);
+    output = i2o(combined); hidden = i2h(combined), with or without tanh."""
+    hidden = torch.zeros(1, model.hidden_size)
+    output = torch.empty(0)
+    for index in CharVocab(ALPHABET).encode(text):
+        one_hot = nn.functional.one_hot(torch.tensor([index]), len(ALPHABET)).float()
+        combined = torch.cat((one_hot, hidden), 1)
+        output = torch.log_softmax(model.i2o(combined), dim=1)
+        hidden = torch.tanh(model.i2h(combined)) if tanh else model.i2h(combined)
+    return output
+
+
+@pytest.mark.parametrize("activation", ["tanh", "identity"])
+def test_elman_cell_computes_the_tutorials_step_by_step_loop(activation: str) -> None:
+    torch.manual_seed(0)
+    model = CharRNNClassifier(len(ALPHABET), 7, 3, "elman", activation).eval()
+    strings = ["abc", "j", "hgfedcba"]
+    with torch.inference_mode():
+        batched = model(*padded(strings))
+        looped = torch.cat([_tutorial_steps(model, s, activation == "tanh") for s in strings])
+    torch.testing.assert_close(batched, looped, atol=1e-5, rtol=0)
+
+
+def test_hidden_activation_other_than_tanh_is_refused_for_gated_cells() -> None:
+    with pytest.raises(ValueError, match="elman"):
+        CharRNNArchitecture(cell="gru", hidden_size=4, hidden_activation="identity")
+
+
 # --------------------------------------------------------------------------- batching
 
 
-@pytest.mark.parametrize("cell", ["elman", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["elman", "rnn", "gru", "lstm"])
 def test_batched_rnn_equals_one_string_at_a_time_in_any_order_and_padding(cell: str) -> None:
     torch.manual_seed(0)
     model = CharRNNClassifier(len(ALPHABET), 7, 3, cell).eval()
@@ -167,7 +202,7 @@ def test_batched_lm_equals_one_string_at_a_time_in_any_order_and_padding() -> No
 # --------------------------------------------------------------------------- checkpoint round trip
 
 
-@pytest.mark.parametrize("make_config", ALL_CONFIGS, ids=["mlp", "elman", "gru", "lm"])
+@pytest.mark.parametrize("make_config", ALL_CONFIGS, ids=["mlp", "elman", "rnn", "gru", "lm"])
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path, make_config) -> None:
     config = make_config()
     model, directory = saved(tmp_path, config)
@@ -175,6 +210,13 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path, make_conf
     assert not loaded.training
     assert loaded_config.weights_sha256 is not None
     torch.testing.assert_close(outputs(loaded, config), outputs(model, config), atol=0, rtol=0)
+
+
+def test_saved_files_are_readable_by_everyone_whatever_the_umask(tmp_path: Path) -> None:
+    # safetensors creates its file 0600; a container's non-root user must still read it.
+    _, directory = saved(tmp_path, mlp_config())
+    for name in ("model.safetensors", "config.json"):
+        assert (directory / name).stat().st_mode & 0o777 == 0o644, name
 
 
 def test_state_dict_file_is_loaded_with_weights_only(tmp_path: Path) -> None:

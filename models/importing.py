@@ -1,0 +1,212 @@
+"""Turning a Keras file or a PyTorch state_dict into a batchserve checkpoint: the architecture comes
+from the weights, the rest of config.json (labels, alphabet, input range...) from the user, and the
+result must load and give finite outputs before anything is written."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from models.checkpoint import CheckpointError, ModelConfig, build_model, check_weights
+from models.keras_file import read_keras
+from models.probe import check_finite_outputs
+from models.torch_file import Mapped, map_char_lm, map_char_rnn, map_mlp, read_state_dict
+
+DEFAULT_MAX_LENGTH = 32
+FROM_THE_FILE = ("architecture", "weights_file", "weights_sha256", "format_version", "task")
+
+
+@dataclass(frozen=True)
+class UserFacts:
+    """What a config needs that weights cannot say; None leaves it to `base` or the default."""
+
+    name: str
+    labels: list[str] | None = None
+    description: str | None = None
+    input_range: tuple[float, float] | None = None
+    input_shape: list[int] | None = None  # another layout of a vector input, e.g. [28, 28]
+    alphabet: str | None = None
+    max_length: int | None = None
+    normalize: str | None = None
+    activation: str | None = None  # mlp from a state_dict: the layers' activation
+    hidden_activation: str | None = None  # the i2h/i2o RNN: tanh or identity
+    base: dict[str, Any] = field(default_factory=dict)  # a partial config.json (--config)
+
+
+def read_base_config(path: Path) -> dict[str, Any]:
+    """A partial config.json: any of its fields except those the imported file decides."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a JSON file: {exc}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object of config.json fields")
+    fixed = sorted(set(value) & set(FROM_THE_FILE))
+    if fixed:
+        raise CheckpointError(f"{path}: sets {fixed}, which come from the imported weights")
+    return value
+
+
+# --------------------------------------------------------------------------- config assembly
+
+
+def _config(
+    facts: UserFacts,
+    task: str,
+    architecture: dict[str, Any],
+    model_input: dict[str, Any],
+    num_outputs: int | None,
+) -> ModelConfig:
+    data: dict[str, Any] = {**facts.base, "name": facts.name, "task": task}
+    data["architecture"] = architecture
+    given = {k: v for k, v in model_input.items() if v is not None}
+    data["input"] = {**facts.base.get("input", {}), **given}
+    if facts.description is not None:
+        data["description"] = facts.description
+    if facts.labels is not None:
+        data["labels"] = facts.labels
+    elif num_outputs is not None and "labels" not in data:
+        data["labels"] = [str(i) for i in range(num_outputs)]
+    if num_outputs is not None and len(data["labels"]) != num_outputs:
+        raise CheckpointError(
+            f"{len(data['labels'])} labels given for the model's {num_outputs} outputs"
+        )
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CheckpointError(f"the config is invalid: {problems}") from None
+
+
+def _vector_input(facts: UserFacts, width: int, file_shape: list[int]) -> dict[str, Any]:
+    shape = facts.input_shape or (file_shape if len(file_shape) > 1 else None)
+    low, high = facts.input_range or (None, None)
+    return {
+        "kind": "vector",
+        "shape": [width],
+        "also_shapes": [shape] if shape else None,
+        "minimum": low,
+        "maximum": high,
+    }
+
+
+def _text_input(facts: UserFacts, alphabet_size: int, arch: str) -> dict[str, Any]:
+    alphabet = facts.alphabet or facts.base.get("input", {}).get("alphabet")
+    if alphabet is None:
+        raise CheckpointError(
+            f"a {arch} needs its alphabet (--alphabet): the characters in one-hot order, "
+            f"{alphabet_size} of them for these weights"
+        )
+    if len(alphabet) != alphabet_size:
+        raise CheckpointError(
+            f"the weights take a one-hot of {alphabet_size} characters; the alphabet has "
+            f"{len(alphabet)}"
+        )
+    if len(set(alphabet)) != len(alphabet):
+        raise CheckpointError("the alphabet repeats a character")
+    base = facts.base.get("input", {})
+    return {
+        "kind": "text",
+        "alphabet": alphabet,
+        "max_length": facts.max_length or base.get("max_length", DEFAULT_MAX_LENGTH),
+        "normalize": facts.normalize or base.get("normalize", "none"),
+    }
+
+
+def _finish(config: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[nn.Module, ModelConfig]:
+    model = build_model(config)
+    check_weights(model, state)
+    model.load_state_dict(state)
+    model.eval()
+    check_finite_outputs(model, config)
+    return model, config
+
+
+# --------------------------------------------------------------------------- the two importers
+
+
+def import_keras(path: Path, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
+    keras = read_keras(path)
+    architecture = {
+        "type": "mlp",
+        "layer_sizes": keras.layer_sizes,
+        "activation": keras.activation,
+    }
+    model_input = _vector_input(facts, keras.layer_sizes[0], keras.input_shape)
+    config = _config(facts, "classify", architecture, model_input, keras.layer_sizes[-1])
+    return _finish(config, keras.state)
+
+
+ARCHITECTURES = ("mlp", "char_rnn_classifier", "char_lm")
+
+
+def import_state_dict(path: Path, arch: str, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
+    state = read_state_dict(path)
+    if arch == "mlp":
+        return _import_mlp(map_mlp(state), facts)
+    if arch == "char_rnn_classifier":
+        return _import_char_rnn(map_char_rnn(state), facts)
+    if arch == "char_lm":
+        return _import_char_lm(map_char_lm(state), facts)
+    raise CheckpointError(f"unknown architecture {arch!r}; one of {', '.join(ARCHITECTURES)}")
+
+
+def _import_mlp(mapped: Mapped, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
+    if facts.activation is None:
+        raise CheckpointError(
+            "a state_dict does not record activations: say which the Linear layers are "
+            "followed by (--activation relu, tanh, sigmoid or gelu)"
+        )
+    sizes = mapped.facts["layer_sizes"]
+    architecture = {"type": "mlp", "layer_sizes": sizes, "activation": facts.activation}
+    model_input = _vector_input(facts, sizes[0], [])
+    config = _config(facts, "classify", architecture, model_input, sizes[-1])
+    return _finish(config, mapped.state)
+
+
+def _import_char_rnn(mapped: Mapped, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
+    found = mapped.facts
+    architecture: dict[str, Any] = {
+        "type": "char_rnn_classifier",
+        "cell": found["cell"],
+        "hidden_size": found["hidden_size"],
+    }
+    if found["cell"] == "elman":
+        if facts.hidden_activation is None:
+            raise CheckpointError(
+                "an i2h/i2o RNN: say whether its hidden state passes through tanh: "
+                "--hidden-activation identity (the PyTorch tutorial as written) or tanh"
+            )
+        architecture["hidden_activation"] = facts.hidden_activation
+    elif found.get("num_layers", 1) != 1:
+        raise CheckpointError(
+            f"a char_rnn_classifier has one recurrent layer, not {found['num_layers']}"
+        )
+    model_input = _text_input(facts, found["alphabet_size"], "char_rnn_classifier")
+    config = _config(facts, "classify", architecture, model_input, found["num_classes"])
+    return _finish(config, mapped.state)
+
+
+def _import_char_lm(mapped: Mapped, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
+    found = mapped.facts
+    architecture = {
+        "type": "char_lm",
+        "cell": found["cell"],
+        "embedding_dim": found["embedding_dim"],
+        "hidden_size": found["hidden_size"],
+        "num_layers": found["num_layers"],
+    }
+    # The vocabulary is the alphabet, then begin- and end-of-sequence tokens.
+    model_input = _text_input(facts, found["vocab_size"] - 2, "char_lm")
+    config = _config(facts, "score", architecture, model_input, None)
+    return _finish(config, mapped.state)

@@ -1,0 +1,287 @@
+"""Reading a Keras model of Dense layers (a Keras 3 `.keras` archive or a legacy `.h5` file) with
+h5py alone, no TensorFlow, into batchserve's `mlp`: kernels transposed into `layers.{2i}.weight`,
+activations mapped, anything else refused with the layer names listed."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.checkpoint import MAX_PARAMETERS, CheckpointError
+
+HIDDEN_ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu")
+OUTPUT_ACTIVATIONS = ("softmax", "linear")  # batchserve serves softmax(last layer) either way
+PASSIVE_LAYERS = ("InputLayer", "Dropout", "Flatten")  # nothing to compute at inference
+MAX_ARCHIVE_MEMBER_BYTES = 4 * MAX_PARAMETERS + (64 << 20)
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    name: str
+    units: int
+    activation: str
+    use_bias: bool
+    position: int  # among the model's Dense layers: how a .keras archive finds its weights
+
+
+@dataclass(frozen=True)
+class KerasMLP:
+    """What batchserve needs from the file: sizes, activations, the weights as a state_dict, and
+    the input's shape as Keras saw it (e.g. [28, 28] before a Flatten)."""
+
+    layer_sizes: list[int]
+    activation: str
+    output_activation: str
+    input_shape: list[int]
+    state: dict[str, torch.Tensor]
+
+
+def read_keras(path: Path) -> KerasMLP:
+    """Read `path` (.keras or .h5/.hdf5); CheckpointError says what cannot be imported."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    with _opened(path) as (model_config, weights_of):
+        layers, input_shape = _dense_layers(model_config, path)
+        sizes = _layer_sizes(layers, input_shape, path)
+        activation, output = _activations(layers, path)
+        state = _state_dict(layers, sizes, weights_of, path)
+    return KerasMLP(sizes, activation, output, input_shape, state)
+
+
+# --------------------------------------------------------------------------- the two file layouts
+
+WeightReader = Any  # (DenseLayer) -> list of (variable name, h5py.Dataset)
+
+
+def _h5py() -> Any:
+    try:
+        import h5py
+    except ImportError:
+        raise CheckpointError(
+            "reading Keras files needs h5py: pip install 'batchserve[keras]'"
+        ) from None
+    return h5py
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[tuple[dict[str, Any], WeightReader]]:
+    h5py = _h5py()
+    if zipfile.is_zipfile(path):
+        config, weights = _keras_archive(path)
+        with h5py.File(io.BytesIO(weights), "r") as h5:
+            yield config, lambda layer: _archive_variables(h5, layer)
+        return
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError:
+        raise CheckpointError(f"{path}: neither a .keras archive nor an HDF5 (.h5) file") from None
+    with h5:
+        raw = h5.attrs.get("model_config")
+        if raw is None:
+            raise CheckpointError(
+                f"{path}: holds weights but no model config (saved with save_weights?); "
+                "save the whole model with model.save(...)"
+            )
+        config = _json(raw.decode() if isinstance(raw, bytes) else str(raw), path)
+        group = h5["model_weights"] if "model_weights" in h5 else h5
+        yield config, lambda layer: _legacy_variables(group, layer.name)
+
+
+def _keras_archive(path: Path) -> tuple[dict[str, Any], bytes]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if not {"config.json", "model.weights.h5"} <= names:
+                raise CheckpointError(
+                    f"{path}: a zip without config.json and model.weights.h5 is not a .keras file"
+                )
+            if archive.getinfo("model.weights.h5").file_size > MAX_ARCHIVE_MEMBER_BYTES:
+                raise CheckpointError(f"{path}: model.weights.h5 is larger than any mlp allowed")
+            config = _json(archive.read("config.json").decode("utf-8"), path)
+            return config, archive.read("model.weights.h5")
+    except (zipfile.BadZipFile, UnicodeDecodeError, OSError) as exc:
+        raise CheckpointError(f"{path}: unreadable .keras archive: {exc}") from None
+
+
+def _json(text: str, path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: the model config is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: the model config is not a JSON object")
+    return value
+
+
+def _archive_variables(h5: Any, layer: DenseLayer) -> list[tuple[str, Any]]:
+    # Keras 3 keeps the variables of a model's n-th Dense layer as layers/dense_n/vars/0 (kernel)
+    # and /1 (bias), "dense" for the first: by class and position, not by the layer's name.
+    key = "dense" if layer.position == 0 else f"dense_{layer.position}"
+    group = h5.get(f"layers/{key}/vars")
+    if group is None:
+        return []
+    return [(key, group[key]) for key in sorted(group.keys(), key=int)]
+
+
+def _legacy_variables(group: Any, layer: str) -> list[tuple[str, Any]]:
+    # Legacy HDF5: model_weights/<name> lists its datasets in the attribute weight_names.
+    if layer not in group:
+        return []
+    names = group[layer].attrs.get("weight_names", [])
+    return [(n.decode() if isinstance(n, bytes) else str(n), group[layer][n]) for n in names]
+
+
+# --------------------------------------------------------------------------- the model config
+
+
+def _dense_layers(model: dict[str, Any], path: Path) -> tuple[list[DenseLayer], list[int]]:
+    """The Dense layers in order and the input shape; unsupported layers are refused together."""
+    kind = model.get("class_name")
+    layers = (model.get("config") or {}).get("layers")
+    if kind != "Sequential" or not isinstance(layers, list):
+        raise CheckpointError(
+            f"{path}: a {kind} model; batchserve imports keras.Sequential models of Dense layers"
+        )
+    dense: list[DenseLayer] = []
+    input_shape: list[int] | None = None
+    refused: list[str] = []
+    for layer in layers:
+        kind, config = layer.get("class_name"), layer.get("config") or {}
+        name = str(config.get("name", "?"))
+        input_shape = input_shape or _declared_shape(config)
+        if (
+            kind == "Dense"
+            and not config.get("quantization_config")
+            and not config.get("lora_rank")
+        ):
+            activation = _activation_name(config)
+            use_bias = bool(config.get("use_bias", True))
+            dense.append(DenseLayer(name, int(config["units"]), activation, use_bias, len(dense)))
+        elif kind == "Activation" and dense and dense[-1].activation == "linear":
+            last = dense[-1]
+            dense[-1] = replace(last, activation=_activation_name(config))
+        elif kind == "Flatten" and not dense:
+            continue
+        elif kind not in PASSIVE_LAYERS or kind == "Flatten":
+            refused.append(f"{name} ({kind})")
+    if refused:
+        raise CheckpointError(
+            f"{path}: cannot import layers {', '.join(refused)}: batchserve's mlp takes Dense "
+            "layers (with InputLayer, Flatten first, Dropout, Activation)"
+        )
+    input_shape = input_shape or _built_shape(model) or _built_shape(layers[0] if layers else {})
+    if not dense or input_shape is None:
+        raise CheckpointError(f"{path}: no Dense layers with a known input shape")
+    flattened = any(layer.get("class_name") == "Flatten" for layer in layers)
+    if len(input_shape) > 1 and not flattened:
+        raise CheckpointError(
+            f"{path}: Dense layers on a {input_shape} input act on its last axis only; "
+            "add a Flatten layer to make it an mlp"
+        )
+    return dense, input_shape
+
+
+def _declared_shape(config: dict[str, Any]) -> list[int] | None:
+    shape = config.get("batch_shape") or config.get("batch_input_shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) < 2
+        or not all(isinstance(n, int) and n > 0 for n in shape[1:])
+    ):
+        return None
+    return [int(n) for n in shape[1:]]
+
+
+def _built_shape(entry: dict[str, Any]) -> list[int] | None:
+    # A model built by calling it on data has no InputLayer; Keras 3 records the shape it saw.
+    shape = (entry.get("build_config") or {}).get("input_shape")
+    return _declared_shape({"batch_shape": shape})
+
+
+def _activation_name(config: dict[str, Any]) -> str:
+    activation = config.get("activation", "linear")
+    if isinstance(activation, dict):  # a serialised activation object: use its registered name
+        activation = activation.get("config", {}).get("name") or activation.get("class_name")
+    return str(activation or "linear")
+
+
+def _layer_sizes(layers: list[DenseLayer], input_shape: list[int], path: Path) -> list[int]:
+    width = 1
+    for n in input_shape:
+        width *= n
+    sizes = [width, *(layer.units for layer in layers)]
+    count = sum(a * b + b for a, b in pairwise(sizes))
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(f"{path}: {count:,} parameters (limit {MAX_PARAMETERS:,})")
+    return sizes
+
+
+def _activations(layers: list[DenseLayer], path: Path) -> tuple[str, str]:
+    hidden, last = layers[:-1], layers[-1]
+    kinds = sorted({layer.activation for layer in hidden})
+    if len(kinds) > 1 or (kinds and kinds[0] not in HIDDEN_ACTIVATIONS):
+        shown = ", ".join(f"{layer.name} ({layer.activation})" for layer in hidden)
+        raise CheckpointError(
+            f"{path}: hidden layers {shown}: batchserve's mlp needs one activation for all of "
+            f"them, one of {', '.join(HIDDEN_ACTIVATIONS)}"
+        )
+    if last.activation not in OUTPUT_ACTIVATIONS:
+        raise CheckpointError(
+            f"{path}: output layer {last.name} has activation {last.activation}; batchserve "
+            "classifies with softmax (or linear logits, which it serves through softmax)"
+        )
+    return (kinds[0] if kinds else "relu"), last.activation
+
+
+# --------------------------------------------------------------------------- the weights
+
+
+def _state_dict(
+    layers: list[DenseLayer], sizes: list[int], weights_of: WeightReader, path: Path
+) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for i, layer in enumerate(layers):
+        kernel, bias = _kernel_and_bias(layer, weights_of(layer), path)
+        expected = (sizes[i], sizes[i + 1])
+        if tuple(kernel.shape) != expected or (bias is not None and bias.shape != expected[1:]):
+            found = [list(kernel.shape), None if bias is None else list(bias.shape)]
+            raise CheckpointError(
+                f"{path}: layer {layer.name} has weights of shapes {found}; expected "
+                f"{list(expected)} and [{expected[1]}]"
+            )
+        state[f"layers.{2 * i}.weight"] = _tensor(kernel[()].T, layer, path)
+        state[f"layers.{2 * i}.bias"] = (
+            _tensor(bias[()], layer, path)
+            if bias is not None
+            else torch.zeros(expected[1], dtype=torch.float32)
+        )
+    return state
+
+
+def _kernel_and_bias(layer: DenseLayer, variables: list[tuple[str, Any]], path: Path) -> Any:
+    wanted = 2 if layer.use_bias else 1
+    if len(variables) != wanted:
+        raise CheckpointError(
+            f"{path}: layer {layer.name} has {len(variables)} weight arrays; a Dense layer "
+            f"{'with' if layer.use_bias else 'without'} bias has {wanted}"
+        )
+    by_role = {("bias" if "bias" in name else "kernel"): data for name, data in variables}
+    if len(by_role) != wanted:  # Keras 3 archives name them 0 and 1: kernel first
+        by_role = dict(zip(("kernel", "bias"), (data for _, data in variables), strict=False))
+    return by_role["kernel"], by_role.get("bias")
+
+
+def _tensor(array: np.ndarray, layer: DenseLayer, path: Path) -> torch.Tensor:
+    if array.dtype.kind != "f":
+        raise CheckpointError(f"{path}: layer {layer.name} holds {array.dtype} weights, not floats")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))

@@ -1,0 +1,206 @@
+"""Mapping a PyTorch `state_dict` of a compatible model onto batchserve's keys: an MLP of Linear
+layers (an `nn.Sequential` or named modules), the PyTorch tutorial's character RNNs (`i2h`/`i2o`,
+`i2h`/`h2h`/`h2o`, or `nn.RNN` + `h2o`) and a character language model (embedding, GRU/LSTM,
+linear head). Files are read with `weights_only=True` (or as safetensors): nothing runs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from models.checkpoint import CheckpointError, refusal_reason
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # common training-checkpoint layouts
+GATES = {1: "rnn", 3: "gru", 4: "lstm"}  # rows of weight_ih per hidden unit
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """batchserve's state_dict and the architecture facts read off the weights' shapes."""
+
+    state: dict[str, torch.Tensor]
+    facts: dict[str, Any]
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `torch.save`d state_dict (or a dict holding one under `state_dict`,
+    `model_state_dict` or `model`), or of a safetensors file; a `module.` prefix is dropped."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        if path.suffix == ".safetensors":
+            state: Any = _natural_order(load_file(path))
+        else:
+            # weights_only=True: the restricted unpickler admits tensors and plain containers only.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"{path}: cannot read it: {exc}".splitlines()[0]) from None
+    except Exception as exc:  # noqa: BLE001 - the unpickler raises many types on hostile files
+        raise CheckpointError(f"{path}: refused: {refusal_reason(exc)}") from None
+    if isinstance(state, dict):
+        for key in WRAPPER_KEYS:
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: not a state_dict (a dict of tensors)")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: not a state_dict: it holds values other than tensors")
+    if all(k.startswith("module.") for k in state):  # saved from nn.DataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k: v.detach().float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _natural_order(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors stores keys sorted as strings ("10.weight" before "2.weight"); torch.save keeps
+    # the modules' order, which is what an MLP's layer order is read from.
+    def key(name: str) -> list[Any]:
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+    return {k: state[k] for k in sorted(state, key=key)}
+
+
+def _unmappable(keys: list[str], arch: str, expected: str) -> CheckpointError:
+    shown = ", ".join(keys[:12]) + (f" and {len(keys) - 12} more" if len(keys) > 12 else "")
+    return CheckpointError(f"cannot map keys [{shown}] onto a {arch}; it takes {expected}")
+
+
+# --------------------------------------------------------------------------- mlp
+
+
+def map_mlp(state: dict[str, torch.Tensor]) -> Mapped:
+    """Linear layers in the file's module order (weights [out, in], optional biases) chained into
+    `layers.{2i}.weight` / `.bias`; activations and dropout have no weights and are not seen."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        module, _, param = key.rpartition(".")
+        groups.setdefault(module, {})[param] = tensor
+    odd: list[str] = []
+    for module, params in groups.items():
+        weight = params.get("weight")
+        if weight is None or weight.dim() != 2 or set(params) - {"weight", "bias"}:
+            odd += [f"{module}.{param}" if module else param for param in params]
+    if odd:
+        raise _unmappable(
+            odd, "mlp", "Linear layers only: <module>.weight [out, in], <module>.bias"
+        )
+    mapped: dict[str, torch.Tensor] = {}
+    sizes = [next(iter(groups.values()))["weight"].shape[1]]
+    for i, (module, params) in enumerate(groups.items()):
+        weight = params["weight"]
+        if weight.shape[1] != sizes[-1]:
+            raise CheckpointError(
+                f"{module}.weight has shape {list(weight.shape)}: it takes {weight.shape[1]} "
+                f"inputs, but the layer before gives {sizes[-1]}"
+            )
+        sizes.append(weight.shape[0])
+        bias = params.get("bias", torch.zeros(weight.shape[0]))
+        if bias.shape != (weight.shape[0],):
+            raise CheckpointError(
+                f"{module}.bias has shape {list(bias.shape)}, not [{weight.shape[0]}]"
+            )
+        mapped[f"layers.{2 * i}.weight"], mapped[f"layers.{2 * i}.bias"] = weight, bias
+    return Mapped(mapped, {"layer_sizes": [int(n) for n in sizes]})
+
+
+# --------------------------------------------------------------------------- char RNN classifier
+
+RNN_LAYOUTS = (
+    "i2h.*+i2o.* (the PyTorch tutorial's RNN), i2h.*+h2h.*+h2o.* (its later version) or "
+    "rnn.weight_ih_l0/rnn.weight_hh_l0/rnn.bias_*_l0 + h2o.* (nn.RNN, nn.GRU or nn.LSTM)"
+)
+_LINEAR = ("weight", "bias")
+
+
+def _take(state: dict[str, torch.Tensor], *modules: str) -> dict[str, torch.Tensor] | None:
+    keys = [f"{m}.{p}" for m in modules for p in _LINEAR]
+    return {k: state[k] for k in keys} if all(k in state for k in keys) else None
+
+
+def map_char_rnn(state: dict[str, torch.Tensor]) -> Mapped:
+    """One of the RNN_LAYOUTS onto `i2h`/`i2o` (cell elman) or `rnn.*` + `i2o` (rnn, gru, lstm)."""
+    keys = set(state)
+    elman = _take(state, "i2h", "i2o")
+    if elman is not None and keys == set(elman):
+        hidden, combined = state["i2h.weight"].shape
+        facts = {"cell": "elman", "hidden_size": hidden, "alphabet_size": combined - hidden}
+        return Mapped(dict(elman), {**facts, "num_classes": state["i2o.weight"].shape[0]})
+    split = _take(state, "i2h", "h2h", "h2o")
+    if split is not None and keys == set(split):
+        renamed = {
+            "rnn.weight_ih_l0": state["i2h.weight"],
+            "rnn.bias_ih_l0": state["i2h.bias"],
+            "rnn.weight_hh_l0": state["h2h.weight"],
+            "rnn.bias_hh_l0": state["h2h.bias"],
+            "i2o.weight": state["h2o.weight"],
+            "i2o.bias": state["h2o.bias"],
+        }
+        return _recurrent(renamed, "char_rnn_classifier")
+    head = "h2o" if _take(state, "h2o") is not None else "i2o"
+    recurrent = {k: v for k, v in state.items() if k.startswith("rnn.")}
+    rest = keys - set(recurrent) - {f"{head}.weight", f"{head}.bias"}
+    if recurrent and _take(state, head) is not None and not rest:
+        renamed = {
+            **recurrent,
+            "i2o.weight": state[f"{head}.weight"],
+            "i2o.bias": state[f"{head}.bias"],
+        }
+        return _recurrent(renamed, "char_rnn_classifier")
+    raise _unmappable(sorted(keys), "char_rnn_classifier", RNN_LAYOUTS)
+
+
+def _recurrent(state: dict[str, torch.Tensor], arch: str) -> Mapped:
+    """Facts of an nn.RNN/GRU/LSTM's weights: cell (by the number of gates), sizes, layers."""
+    weight_hh = state.get("rnn.weight_hh_l0")
+    weight_ih = state.get("rnn.weight_ih_l0")
+    if weight_hh is None or weight_ih is None or weight_hh.dim() != 2 or weight_ih.dim() != 2:
+        raise _unmappable(sorted(state), arch, "rnn.weight_ih_l0 and rnn.weight_hh_l0 matrices")
+    hidden = weight_hh.shape[1]
+    cell = GATES.get(weight_hh.shape[0] // hidden) if weight_hh.shape[0] % hidden == 0 else None
+    if cell is None:
+        raise CheckpointError(
+            f"rnn.weight_hh_l0 has shape {list(weight_hh.shape)}: not an RNN, GRU or LSTM"
+        )
+    layers = len([k for k in state if re.fullmatch(r"rnn\.weight_ih_l\d+", k)])
+    facts: dict[str, Any] = {
+        "cell": cell,
+        "hidden_size": hidden,
+        "alphabet_size": weight_ih.shape[1],
+    }
+    facts["num_layers"] = layers
+    if "i2o.weight" in state:
+        facts["num_classes"] = state["i2o.weight"].shape[0]
+    return Mapped(state, facts)
+
+
+# --------------------------------------------------------------------------- char LM
+
+LM_LAYOUT = (
+    "embedding.weight (or encoder.weight), rnn.* of an nn.GRU or nn.LSTM, and head.* (or "
+    "decoder.*), as in batchserve's char_lm and PyTorch's word_language_model example"
+)
+
+
+def map_char_lm(state: dict[str, torch.Tensor]) -> Mapped:
+    renames = {
+        "encoder.weight": "embedding.weight",
+        "decoder.weight": "head.weight",
+        "decoder.bias": "head.bias",
+    }
+    renamed = {renames.get(k, k): v for k, v in state.items()}
+    known = {"embedding.weight", "head.weight", "head.bias"}
+    recurrent = {k: v for k, v in renamed.items() if k.startswith("rnn.")}
+    if not known <= set(renamed) or not recurrent or set(renamed) - known - set(recurrent):
+        raise _unmappable(sorted(state), "char_lm", LM_LAYOUT)
+    mapped = _recurrent(renamed, "char_lm")
+    if mapped.facts["cell"] == "rnn":
+        raise CheckpointError("a char_lm takes an nn.GRU or nn.LSTM; rnn.* is a plain nn.RNN")
+    vocab, embedding_dim = renamed["embedding.weight"].shape
+    facts = {**mapped.facts, "embedding_dim": embedding_dim, "vocab_size": vocab}
+    return Mapped(renamed, facts)
