@@ -49,13 +49,21 @@ def uvicorn_config(app: Application, **options: Any) -> uvicorn.Config:
     )
 
 
-def serve(settings: Settings, host: str, port: int) -> int:
-    """Serve until SIGTERM (then drain and exit 0) or Ctrl+C."""
+def serve(settings: Settings, model_name: str | None = None) -> int:
+    """Serve on settings.host:settings.port until SIGTERM (then drain and exit 0) or Ctrl+C;
+    `model_name` is the name KServe gives the server, logged for the operator."""
     from app.logs import configure_logging
     from app.main import create_app
 
     configure_logging(settings.log_level)
+    if model_name:
+        log.info(
+            "KServe model name %s (served: every model in %s)",
+            model_name,
+            settings.model_repository,
+        )
     app = create_app(settings)
+    host, port = settings.host, settings.port
     config = uvicorn_config(app, host=host, port=port, log_config=None)
     log.info("listening on http://%s:%d", host, port)
     GracefulServer(config, app.lifecycle, settings.shutdown_drain_s).run()

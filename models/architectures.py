@@ -177,7 +177,7 @@ class CharLM(nn.Module):
     def _to_rnn(self, state: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         layers = state.transpose(0, 1).contiguous()  # [S, B, hidden], as nn.GRU/nn.LSTM take it
         if self.is_lstm:
-            h, c = layers.split(self.rnn.num_layers)
+            h, c = torch.split(layers, self.rnn.num_layers)
             return h.contiguous(), c.contiguous()
         return layers
 

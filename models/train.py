@@ -250,7 +250,8 @@ def train_mlp(
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         inputs = translate(x[idx], shifts, shift_px) if shift_px else x[idx]
-        return loss_fn(model(inputs), y[idx])
+        loss: torch.Tensor = loss_fn(model(inputs), y[idx])
+        return loss
 
     fit = _fit(
         config.name, recipe, model, batch_loss, len(y), lambda: _accuracy(model, vx, vy), options

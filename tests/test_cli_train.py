@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,7 +28,7 @@ from tests.conftest import live_server, settings_for
 FAST = ("--epochs", "3", "--no-progress")
 
 
-def _config(directory: Path) -> dict[str, object]:
+def _config(directory: Path) -> dict[str, Any]:
     return json.loads((directory / "config.json").read_text())
 
 

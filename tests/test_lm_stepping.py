@@ -8,6 +8,7 @@ within ~6e-6 absolute and ~1e-6 relative over 32 characters. `STEP_TOLERANCE` le
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from models.text import CharVocab
 
 ALPHABET = "abcdefghij"
 VOCAB = CharVocab(ALPHABET)
-STEP_TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+STEP_TOLERANCE: dict[str, Any] = {"atol": 1e-5, "rtol": 1e-5}
 SHIPPED_LM = Path(__file__).resolve().parents[1] / "models" / "repository" / "names-lm" / "1"
 STRINGS = ["abc", "j", "hgfedcbaij", "aaaaaaaaaaaaaaaaaaaa"]
 

@@ -69,7 +69,8 @@ def _marker(line: str) -> tuple[str | None, dict[str, str]]:
     if not found:
         return None, {}
     kind, *rest = shlex.split(found.group(1)) or [""]
-    return kind, dict(item.split("=", 1) if "=" in item else (item, "true") for item in rest)
+    pairs = [item.partition("=") for item in rest]
+    return kind, {key: value if sep else "true" for key, sep, value in pairs}
 
 
 def read_blocks(text: str) -> list[Block]:
