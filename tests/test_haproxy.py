@@ -5,6 +5,7 @@ kill -9 of a replica costs them nothing the config's retry policy could have hid
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.balancer import Balancer, find_haproxy, replicas_behind_haproxy
-
-pytestmark = pytest.mark.slow
+from bench.balancer import CONFIG, Balancer, find_haproxy, replicas_behind_haproxy
 
 CLIENTS = 8
 # Each request waits this long in a replica's batcher, so that several are in flight there when
@@ -126,6 +125,15 @@ def _wait_for_answers(load: Load, count: int, timeout_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def test_the_shipped_config_is_valid_for_haproxy(haproxy: str) -> None:
+    # -c parses and checks, binding nothing: the default addresses are fine here.
+    done = subprocess.run(
+        [haproxy, "-c", "-f", str(CONFIG)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
 def test_a_rolling_restart_under_load_fails_no_request(balancer: Balancer, load: Load) -> None:
     _wait_for_answers(load, 50)
     for replica in balancer.replicas:
@@ -144,6 +152,7 @@ def test_a_rolling_restart_under_load_fails_no_request(balancer: Balancer, load:
     assert len(load.ok) > 200
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_replica_under_load_shows_no_failure_a_retry_could_hide(
     balancer: Balancer, load: Load
 ) -> None:
