@@ -62,7 +62,7 @@ debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
   || { tail -20 "$W/debootstrap.log"; exit 1; }
 # the machine's extra CAs (an egress proxy's) are trusted in the base too, for pip -> PyPI
 cp /usr/local/share/ca-certificates/*.crt "$W/rootfs/usr/local/share/ca-certificates/" 2>/dev/null || true
-chroot "$W/rootfs" update-ca-certificates >/dev/null
+chroot "$W/rootfs" update-ca-certificates >/dev/null 2>&1
 rm -rf "$W/rootfs/var/lib/apt/lists/"* "$W/rootfs/var/cache/apt/archives/"*.deb
 tar --numeric-owner -C "$W/rootfs" -cf - . | podman import -q - "$BASE" >/dev/null
 rm -rf "$W/rootfs"
@@ -106,9 +106,11 @@ for cmd in "pip install torch==2.13.0" "pip install -c constraints.txt"; do
     || { echo "the step '$cmd' ran again after a README edit" >&2; exit 1; }
 done
 
-wait_ready() {  # $1: base URL; up to 90 s
+wait_ready() {  # $1: base URL, $2: the container; up to 90 s, less if it exits
   for _ in $(seq 90); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' -m 2 "$1/v2/health/ready")" = 200 ] && return 0
+    [ "$(podman inspect "$2" --format '{{.State.Running}}')" = true ] \
+      || { echo "$2 exited before it was ready" >&2; return 1; }
     sleep 1
   done
   echo "not ready at $1 in 90 s" >&2
@@ -128,7 +130,7 @@ stops_with_0() {  # $1: container. SIGTERM (the image's STOPSIGNAL), drain, exit
 step "run with the image's defaults: ready, predict, HEALTHCHECK, SIGTERM -> exit 0"
 # (podman's stderr to a log: without systemd it complains that it cannot time the healthchecks)
 podman run -d --name "$TAG-plain" -p "127.0.0.1:$APP_PORT:8000" "$IMG" >/dev/null 2>>"$W/podman.log"
-wait_ready "http://127.0.0.1:$APP_PORT" || { podman logs --tail 20 "$TAG-plain"; exit 1; }
+wait_ready "http://127.0.0.1:$APP_PORT" "$TAG-plain" || { podman logs --tail 20 "$TAG-plain"; exit 1; }
 predict "http://127.0.0.1:$APP_PORT"
 podman healthcheck run "$TAG-plain"  # the image's own HEALTHCHECK; rc 1 = unhealthy
 stops_with_0 "$TAG-plain"
@@ -145,7 +147,7 @@ EOF
 podman run -d --name "$TAG-k8s" --user 10001:10001 --read-only --read-only-tmpfs=false --tmpfs /tmp \
   --cap-drop ALL --security-opt no-new-privileges "${K8S_ENV[@]}" \
   -p "127.0.0.1:$APP_PORT:8000" -p "127.0.0.1:$HEALTH_PORT:8081" "$IMG" >/dev/null 2>>"$W/podman.log"
-wait_ready "http://127.0.0.1:$HEALTH_PORT" || { podman logs --tail 20 "$TAG-k8s"; exit 1; }
+wait_ready "http://127.0.0.1:$HEALTH_PORT" "$TAG-k8s" || { podman logs --tail 20 "$TAG-k8s"; exit 1; }
 predict "http://127.0.0.1:$APP_PORT"
 podman healthcheck run "$TAG-k8s"
 stops_with_0 "$TAG-k8s"
@@ -164,7 +166,7 @@ export BATCHSERVE_IMAGE=$IMG BATCHSERVE_PUBLISH=127.0.0.1:$COMPOSE_PORT
 docker-compose up -d --no-build >"$W/compose.log" 2>&1 || { cat "$W/compose.log"; exit 1; }
 [ "$(docker-compose ps -q | wc -l)" = 1 ]  # the gpu profile stays off
 C=$(docker-compose ps -q batchserve)
-wait_ready "http://127.0.0.1:$COMPOSE_PORT" || { podman logs --tail 20 "$C"; exit 1; }
+wait_ready "http://127.0.0.1:$COMPOSE_PORT" "$C" || { podman logs --tail 20 "$C"; exit 1; }
 predict "http://127.0.0.1:$COMPOSE_PORT"
 [ "$(podman inspect "$C" --format '{{.HostConfig.ReadonlyRootfs}}')" = true ]
 podman healthcheck run "$C"  # compose's healthcheck, as podman received it
