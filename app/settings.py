@@ -130,8 +130,8 @@ class Settings(BaseSettings):
 
 
 def _cpp_toolchain_problem() -> str | None:
-    """Why inductor (torch.compile's CPU backend) could not build kernels here, or None. It compiles
-    C++ that includes Python.h with the compiler it finds ($CXX, else g++): check both, as it would."""
+    """Why inductor (torch.compile's CPU backend) could not build kernels here, or None. It
+    compiles C++ that includes Python.h with the compiler it finds ($CXX, else g++): check both."""
     from torch._inductor.cpp_builder import get_cpp_compiler
     from torch._inductor.exc import InvalidCxxCompiler
 
