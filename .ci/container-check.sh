@@ -7,10 +7,8 @@
 # download.pytorch.org is unreachable, a local index on 127.0.0.1 for PyTorch's CPU index.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-W=${CONTAINER_CHECK_DIR:-/tmp/batchserve-container-check}
-PORTS=${CONTAINER_CHECK_PORT_BASE:-18400}  # five loopback ports from here
-IDX_PORT=$PORTS APP_PORT=$((PORTS + 1)) HEALTH_PORT=$((PORTS + 2)) COMPOSE_PORT=$((PORTS + 3))
 TAG=bscheck-$$  # per run: concurrent runs on one machine do not touch each other's things
+W=${CONTAINER_CHECK_DIR:-/tmp/$TAG}
 BASE=localhost/$TAG-base:bookworm IMG=localhost/$TAG:latest
 PY=${PYTHON:-python3}  # needs PyYAML: .ci/run passes its venv's python
 T0=$SECONDS
@@ -27,6 +25,13 @@ if ! command -v podman >/dev/null || ! command -v docker-compose >/dev/null \
     >/dev/null 2>&1 || skip "podman, buildah, runc, docker-compose do not install here (apt)"
 fi
 
+# four loopback ports free right now: the torch index, the app, its health port, compose
+read -r IDX_PORT APP_PORT HEALTH_PORT COMPOSE_PORT < <("$PY" -c '
+import socket
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
 export CONTAINERS_CONF=$W/containers.conf DOCKER_HOST=unix://$W/podman.sock
 export COMPOSE_PROJECT_NAME=$TAG
 PIDS=()
