@@ -159,8 +159,10 @@ stops_with_0 "$TAG-k8s"
 
 step "BATCHSERVE_COMPILE=true without a compiler in the image: exit 2 at once, saying why"
 OUT=$(timeout 120 podman run --rm -e BATCHSERVE_COMPILE=true "$IMG" 2>&1) && RC=0 || RC=$?
-[ "$RC" = 2 ] && grep -q "BATCHSERVE_COMPILE: .*C++" <<<"$OUT" \
-  || { echo "compile=true: rc $RC: $OUT" >&2; exit 1; }
+if [ "$RC" != 2 ] || ! grep -q "BATCHSERVE_COMPILE: .*C++" <<<"$OUT"; then
+  echo "compile=true: rc $RC: $OUT" >&2
+  exit 1
+fi
 
 step "docker-compose up / healthcheck / stop / down through podman's Docker API"
 (exec podman system service --time=0 "$DOCKER_HOST" >"$W/service.log" 2>&1) &
