@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sysconfig
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -94,7 +96,11 @@ class Settings(BaseSettings):
         1, ge=1, le=256, description="CPU threads for each forward pass (torch.set_num_threads)."
     )
     warmup: bool = Field(True, description="Run warm-up forward passes when a model loads.")
-    compile: bool = Field(False, description="Opt in to torch.compile for loaded models.")
+    compile: bool = Field(
+        False,
+        description="Opt in to torch.compile for loaded models; needs a C++ compiler ($CXX or "
+        "g++) and Python's headers, checked at start-up.",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated bearer keys for inference and metadata; unset = no auth.",
@@ -166,9 +172,47 @@ class Settings(BaseSettings):
             raise ValueError("blank (unset the variable to turn the admin API off)")
         return SecretStr(key)
 
+    @field_validator("compile")
+    @classmethod
+    def _compiler_works(cls, value: bool) -> bool:
+        # torch.compile defers building kernels to the first forward pass: without this check a
+        # missing compiler fails every model's warm-up and the server never turns ready.
+        problem = _cpp_toolchain_problem() if value else None
+        if problem:
+            raise ValueError(f"torch.compile needs a C++ toolchain: {problem}")
+        return value
+
     @field_validator("model_repository")
     @classmethod
     def _repository_exists(cls, value: Path) -> Path:
         if not value.is_dir():
             raise ValueError(f"{value} is not a directory")
         return value
+
+
+def _cpp_toolchain_problem() -> str | None:
+    """Why inductor (torch.compile's CPU backend) could not build kernels here, or None. It
+    compiles C++ that includes Python.h with the compiler it finds ($CXX, else g++): check both."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        cxx = get_cpp_compiler()
+    except InvalidCxxCompiler:
+        return "no C++ compiler found ($CXX, else g++); install g++ or leave it off"
+    include = sysconfig.get_path("include")
+    try:
+        done = subprocess.run(
+            [cxx, "-fsyntax-only", "-x", "c++", "-I", include, "-"],
+            input="#include <Python.h>\n#include <cstdint>\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{cxx} does not run: {exc}"
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or ["no output"])[0]
+        return f"{cxx} cannot build against Python.h in {include}: {first}"
+    return None

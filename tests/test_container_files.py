@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+SOURCES = {"app", "models", "README.md"}
 COMPOSE_SCHEMA_SHA256 = "56bab44c85c0ce8affb74474950293f37d510673283a243bcd7eeadb900fa35c"
 
 
@@ -119,6 +120,54 @@ def test_image_installs_the_torch_that_pyproject_pins() -> None:
     assert f"pip install {torch_pin} " in DOCKERFILE.read_text()
 
 
+def test_dependencies_are_installed_from_the_lock_before_any_source_is_copied() -> None:
+    steps = instructions(DOCKERFILE.read_text())
+    runs = [i for i, (k, rest) in enumerate(steps) if k == "RUN" and "-c constraints.txt" in rest]
+    sources = [i for i, (k, rest) in enumerate(steps) if k == "COPY" and rest.split()[0] in SOURCES]
+    assert len(runs) == 1 and sources
+    assert runs[0] < min(sources)
+    copied_before = " ".join(rest for k, rest in steps[: runs[0]] if k == "COPY")
+    assert "constraints.txt" in copied_before and "pyproject.toml" in copied_before
+
+
+def test_base_image_is_pinned_by_digest() -> None:
+    args = arguments(instructions(DOCKERFILE.read_text()), "ARG")
+    base = next(a for a in args if a.startswith("BASE_IMAGE="))
+    assert re.fullmatch(r"BASE_IMAGE=[\w./:-]+@sha256:[0-9a-f]{64}", base), base
+
+
+def test_image_makes_the_models_readable_whatever_the_checkout_modes() -> None:
+    runs = " ".join(arguments(instructions(DOCKERFILE.read_text()), "RUN"))
+    assert "chmod -R u=rwX,go=rX /models" in runs
+
+
+def test_ci_the_readme_and_the_dockerfile_install_from_one_lock() -> None:
+    assert "-c constraints.txt" in DOCKERFILE.read_text()
+    assert "-c constraints.txt -e '.[dev]'" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -c constraints.txt -e ." in readme
+    assert "pip install -c constraints.txt -e '.[dev]'" in readme
+
+
+def test_the_lock_pins_every_dependency_exactly() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version and re.fullmatch(r"[\w.]+", version), line
+            pins[_canonical(name)] = version
+    names = [_canonical(re.split(r"[<>=!~;\[ ]", w, maxsplit=1)[0]) for w in wanted]
+    assert [n for n in names if n not in pins] == []
+    torch_pin = next(w for w in project["dependencies"] if w.startswith("torch=="))
+    assert pins["torch"] == torch_pin.removeprefix("torch==")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def test_build_context_holds_everything_the_dockerfile_copies() -> None:
     patterns = [
         line.strip()
@@ -143,22 +192,46 @@ def _docker_ignores(patterns: list[str], path: str) -> bool:
     return ignored
 
 
-def test_compose_serves_on_8000_with_a_readiness_healthcheck(compose: dict[str, Any]) -> None:
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's `${NAME:-default}`: the variable when set and not empty, else the default."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), value)
+
+
+def test_compose_publishes_on_loopback_unless_told_otherwise(compose: dict[str, Any]) -> None:
+    # Auth is off by default: a public bind must be asked for (BATCHSERVE_PUBLISH).
+    for name, service in compose["services"].items():
+        for port in service["ports"]:
+            assert _interpolate(port, {}).startswith("127.0.0.1:"), name
+    published = _interpolate(compose["services"]["batchserve"]["ports"][0], {})
+    assert published == "127.0.0.1:8000:8000"
+    public = _interpolate(
+        compose["services"]["batchserve"]["ports"][0], {"BATCHSERVE_PUBLISH": "0.0.0.0:9000"}
+    )
+    assert public == "0.0.0.0:9000:8000"
+
+
+def test_compose_healthcheck_probes_readiness_in_arguments_without_spaces(
+    compose: dict[str, Any],
+) -> None:
     service = compose["services"]["batchserve"]
-    assert "8000:8000" in service["ports"]
-    assert "/v2/health/ready" in " ".join(service["healthcheck"]["test"])
+    test = service["healthcheck"]["test"]
+    port = service["environment"]["BATCHSERVE_HEALTH_PORT"]
+    assert test[0] == "CMD"
+    assert f"127.0.0.1:{port}/v2/health/ready" in " ".join(test)
+    # podman's Docker API splits healthcheck arguments on spaces (containers/podman#26519).
+    assert [arg for arg in test if " " in arg] == []
     assert service["build"]["dockerfile"] == "Dockerfile"
     assert all(key.startswith("BATCHSERVE_") for key in service["environment"])
 
 
-def test_compose_mounts_the_repository_read_only(compose: dict[str, Any]) -> None:
-    env = compose["services"]["batchserve"]["environment"]
-    mounts = compose["services"]["batchserve"]["volumes"]
-    assert {"source": "./models/repository", "target": "/models", "read_only": True}.items() <= (
-        mounts[0].items()
-    )
+def test_compose_serves_the_image_models_from_a_read_only_root(compose: dict[str, Any]) -> None:
+    service = compose["services"]["batchserve"]
+    # No bind mount by default: a checkout made under umask 077 would be unreadable to uid 10001.
+    assert "volumes" not in service
+    assert service["read_only"] is True
+    assert service["tmpfs"] == ["/tmp"]
     assert "BATCHSERVE_MODEL_REPOSITORY=/models" in DOCKERFILE.read_text()
-    assert "BATCHSERVE_MODEL_REPOSITORY" not in env  # the image's default already points there
+    assert "BATCHSERVE_MODEL_REPOSITORY" not in service["environment"]
 
 
 def test_compose_gpu_service_is_opt_in_and_reserves_nvidia_gpus(compose: dict[str, Any]) -> None:
