@@ -109,10 +109,6 @@ class ResultNotFinite(ServiceError):
     code = "result_not_finite"
 
 
-class PerplexityOverflow(ResultNotFinite):
-    """The log-probability is finite, but exp(-log_prob / num_tokens) is beyond any float."""
-
-
 class ClientDisconnected(ServiceError):
     status = 499
     code = "client_disconnected"

@@ -26,6 +26,19 @@ MAX_WIDTH = 65_536
 MAX_PARAMETERS = 200_000_000
 
 
+# The repository's naming rules, shared by the server and the train, import and check commands.
+# A model directory's name (and config.json's `name`): ASCII, which also keeps '..' out of paths.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+# A version directory's name: a positive integer in canonical ASCII form (no sign, no leading
+# zero; str.isdigit() would also take superscripts and other scripts' digits), small enough
+# for an int64.
+VERSION = re.compile(r"[1-9][0-9]{0,17}", re.ASCII)
+
+
+def is_version(name: str) -> bool:
+    return VERSION.fullmatch(name) is not None
+
+
 class CheckpointError(Exception):
     """A checkpoint that cannot be loaded; the message says why."""
 
@@ -111,7 +124,7 @@ class ModelConfig(_Strict):
     """Everything in `config.json`."""
 
     format_version: Literal[1] = 1
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: str = Field(pattern=f"^{MODEL_NAME.pattern}$")
     task: Literal["classify", "score"]
     description: str = ""
     architecture: Architecture

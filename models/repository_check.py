@@ -3,15 +3,11 @@ sha256, shapes, and a warm-up forward pass with finite outputs; one result per v
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.checkpoint import CheckpointError, load_checkpoint, read_config
+from models.checkpoint import MODEL_NAME, CheckpointError, is_version, load_checkpoint, read_config
 from models.probe import check_finite_outputs
-
-# The server's rules (app/repository.py): model directories by this pattern, versions all digits.
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -34,14 +30,14 @@ def check_repository(root: Path, device: str = "cpu") -> list[VersionCheck]:
     results: list[VersionCheck] = []
     for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         versions = sorted(
-            (p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()),
+            (p for p in directory.iterdir() if p.is_dir() and is_version(p.name)),
             key=lambda p: int(p.name),
         )
         if not versions:
             if (directory / "config.json").exists():
                 results.append(VersionCheck(directory.name, "-", _NOT_VERSIONED))
             continue
-        if not MODEL_NAME.match(directory.name):
+        if not MODEL_NAME.fullmatch(directory.name):
             results.append(VersionCheck(directory.name, "-", _BAD_NAME))
             continue
         results.extend(check_version(version, device) for version in versions)

@@ -5,19 +5,17 @@ server scanning the repository never sees a half-written version)."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
 
 from torch import nn
 
-from models.checkpoint import ModelConfig, save_checkpoint
+from models.checkpoint import MODEL_NAME, ModelConfig, is_version, save_checkpoint
 
 REPOSITORY_ENV = "BATCHSERVE_MODEL_REPOSITORY"
 DEFAULT_OUTPUT = Path("model-repository")
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent / "repository"
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # ModelConfig.name's rule
 
 
 class VersionError(Exception):
@@ -40,13 +38,13 @@ def existing_versions(repository: Path, name: str) -> list[int]:
     directory = repository / name
     if not directory.is_dir():
         return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and is_version(p.name))
 
 
 def plan_version(repository: Path, name: str, version: int | None, force: bool) -> int:
     """The version to write: `version` if given (refused when it exists, unless `force`), else one
     above the highest on disk. Called before training, so a refusal costs nothing."""
-    if not MODEL_NAME.match(name):
+    if not MODEL_NAME.fullmatch(name):
         raise VersionError(
             f"{name!r} is not a model name: letters, digits, '_', '.', '-' (at most 64), "
             "starting with a letter or digit"

@@ -43,6 +43,7 @@ def _overflow_on_pixel_zero(model: nn.Module) -> None:
     assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
     first.weight.zero_()
     first.weight[:, 0] = 3e38  # finite in float32; times 1.0 and summed four times, it is not
+    first.weight[:, 1] = -3e38  # so that all-zero and all-one images (the load probe's) stay finite
     last.weight.fill_(1.0)
 
 
@@ -102,7 +103,7 @@ def test_a_model_whose_warm_up_outputs_overflow_fails_to_load_and_the_serving_on
         after = httpx.post(f"{url}/v1/models/names-lm/score", json={"inputs": ["Kim"]})
         version_2 = httpx.get(f"{url}/v1/models/names-lm/versions/2").json()
     assert before.status_code == after.status_code == 200 and after.json()["version"] == "1"
-    assert load.status_code == 400 and "not finite" in load.json()["error"]
+    assert load.status_code == 400 and "non-finite outputs" in load.json()["error"]
     assert version_2["state"] == "failed" and "warm-up" in version_2["reason"]
 
 
@@ -114,7 +115,7 @@ def test_a_model_whose_outputs_always_overflow_fails_at_start_up_and_the_others_
     with live_server(settings_for(repository)) as url:
         metadata = httpx.get(f"{url}/v1/models/names-lm").json()
         others = httpx.post(f"{url}/v1/models/names-rnn/predict", json={"inputs": ["Kim"]})
-    assert metadata["state"] == "failed" and "not finite" in metadata["reason"]
+    assert metadata["state"] == "failed" and "non-finite outputs" in metadata["reason"]
     assert others.status_code == 200
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from app.cli.common import env_name, fail
 from app.settings import DEFAULT_REPOSITORY
+from models.checkpoint import is_version
 
 
 def add(commands: Any) -> None:
@@ -44,11 +45,15 @@ def _check(args: argparse.Namespace) -> int:
         return fail("check", device_problem)
     results = [*check_repository(root, args.device), *_model_json_checks(root)]
     results.sort(
-        key=lambda r: (r.name, r.version.isdigit(), int(r.version) if r.version.isdigit() else 0)
+        key=lambda r: (
+            r.name,
+            is_version(r.version),
+            int(r.version) if is_version(r.version) else 0,
+        )
     )
     _print_table(results)
     failed = [r for r in results if not r.ok]
-    versions = [r for r in results if r.version.isdigit()]
+    versions = [r for r in results if is_version(r.version)]
     print(f"{len(versions)} version(s) checked in {root}: {len(failed)} problem(s)")
     if not versions:
         print("no model versions found: expected <name>/<version>/config.json", file=sys.stderr)

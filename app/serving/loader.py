@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from app.errors import PerplexityOverflow, ResultNotFinite
 from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
 from app.serving.servables import AnyServable, Task, make_servable
 from app.settings import Settings
@@ -25,6 +24,7 @@ from models.checkpoint import (
     sha256_file,
     weights_path,
 )
+from models.probe import check_finite_outputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +83,14 @@ async def load_model(
         raise CheckpointError(
             f"config.json names the model '{config.name}' but it lies under '{name}'"
         )
+    # Finite weights can still overflow: the same probe as `batchserve check`.
+    await loop.run_in_executor(None, check_finite_outputs, module, config)
     if settings.compile:
         module = torch.compile(module, dynamic=True)  # type: ignore[assignment]
     servable = make_servable(module, config, device)
     executor = executor_for(device)
-    await loop.run_in_executor(executor, _warm_up, servable, settings.warmup)
+    if settings.warmup:
+        await loop.run_in_executor(executor, _warm_up, servable)
     sha256 = config.weights_sha256 or sha256_file(weights_path(path, config))
     batcher = DynamicBatcher(
         run_batch=_inference_call(servable),
@@ -123,20 +126,12 @@ def _inference_call(servable: AnyServable) -> Callable[[list[Any]], list[Any]]:
     return run
 
 
-def _warm_up(servable: AnyServable, passes: bool) -> None:
-    """One item through the model, whose outputs must be finite (weights can be finite and still
-    overflow); then, with `passes`, a few more at batch sizes 1 and 8 so that the first real
-    requests don't pay allocator and kernel-selection costs."""
+def _warm_up(servable: AnyServable) -> None:
+    # A few passes at batch sizes 1 and 8 so the first real requests don't pay allocator and
+    # kernel-selection costs.
     with torch.inference_mode():
         item = servable.warmup_item()
-        try:
-            servable.infer([item])
-        except PerplexityOverflow:
-            pass  # the outputs are finite; only a number derived from them is not
-        except ResultNotFinite as exc:
-            message = f"a warm-up item: {exc.message}; the model cannot serve"
-            raise CheckpointError(message) from None
-        for size in (1, 8, 1) if passes else ():
+        for size in (1, 8, 1):
             servable.run([item] * size)
         if servable.device.type == "cuda":
             torch.cuda.synchronize(servable.device)

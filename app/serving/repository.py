@@ -16,18 +16,15 @@ show the full paths.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import LoadRequestFailed, RepositoryUnavailable
+from models.checkpoint import MODEL_NAME, VERSION
 
 MODEL_FILE = "model.json"
 # The same rule as a checkpoint's config name; it also keeps '..' and the like out of paths.
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
-# Canonical: no sign, no leading zero, ASCII digits only, and small enough for an int64.
-VERSION = re.compile(r"[1-9][0-9]{0,17}", re.ASCII)
 NOT_A_VERSION = (
     "not a version directory: versions are positive integers written in ASCII digits without "
     "a sign or leading zeros (1, 2, 10, ...)"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from app.errors import InvalidInput, PerplexityOverflow, ResultNotFinite
+from app.errors import InvalidInput, ResultNotFinite
 from app.serving.results import ClassScores, SequenceScore
 from models.checkpoint import ModelConfig, TextInput, VectorInput
 from models.text import CharVocab, normalize
@@ -313,7 +313,7 @@ class SequenceScorer(Servable[ScoreItem, TokenScores, SequenceScore]):
             return SequenceScore(log_prob, tokens, tuple(log_probs), None, output.is_greedy)
         per_token = -log_prob / len(log_probs)
         if per_token > MAX_LOG_PERPLEXITY:
-            raise PerplexityOverflow(
+            raise ResultNotFinite(
                 f"the perplexity overflows: log_prob / num_tokens is {-per_token:.6g}, so "
                 f"exp({per_token:.6g}) is beyond any float (log_prob itself is {log_prob:.6g})"
             )
