@@ -31,6 +31,7 @@ import httpx
 from bench import servers
 from bench.bodies import SURNAMES, mnist_digits
 from bench.load import measure, run_wrk
+from bench.report import write_marked_section
 from bench.run import _interrupted, _pinning, machine
 from bench.servers import ROOT, Server
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(args, results)
     print("\n" + text)
     if args.out:
-        write_section(args.out, text)
+        write_marked_section(args.out, text, START_MARK, END_MARK)
         print(f"wrote the section into {args.out}")
     for phase in ("overload", "soak"):
         if results[phase]["log_tail"]:
@@ -718,20 +719,6 @@ def _statuses(counts: dict[Any, int]) -> str:
 
 def _env_note(env: dict[str, str]) -> str:
     return "" if not env else " except " + ", ".join(f"`{k}={v}`" for k, v in env.items())
-
-
-def write_section(path: Path, text: str) -> None:
-    """Put `text` between the overload markers of `path`, appending them if absent."""
-    block = f"{START_MARK}\n{text}{END_MARK}\n"
-    old = path.read_text() if path.exists() else ""
-    start, end = old.find(START_MARK), old.find(END_MARK)
-    if start != -1 and end > start:
-        rest = old[end + len(END_MARK) :].lstrip("\n")
-        new = old[:start] + block + ("\n" + rest if rest else "")
-    else:
-        new = old + ("\n" if old and not old.endswith("\n\n") else "") + block
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
 
 
 if __name__ == "__main__":

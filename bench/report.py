@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 _HOW_TO_READ = """\
@@ -108,3 +109,18 @@ def _model_only(results: dict[str, Any]) -> list[str]:
             f"| {r['us_per_batch']:,.1f} |"
         )
     return [*out, ""]
+
+
+def write_marked_section(path: Path, text: str, start_mark: str, end_mark: str) -> None:
+    """Put `text` between the two markers in `path` (appended with them when absent), leaving
+    the rest of the file alone: each benchmark owns its own section of RESULTS.md."""
+    block = f"{start_mark}\n{text}{end_mark}\n"
+    old = path.read_text() if path.exists() else ""
+    start, end = old.find(start_mark), old.find(end_mark)
+    if start != -1 and end > start:
+        rest = old[end + len(end_mark) :].lstrip("\n")
+        new = old[:start] + block + ("\n" + rest if rest else "")
+    else:
+        new = old + ("\n" if old and not old.endswith("\n\n") else "") + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
