@@ -18,6 +18,7 @@ from app.api import ops
 from app.api.context import Accounting, Keys
 from app.api.docs import SITE_PATHS, docs_site
 from app.api.health import HealthServer
+from app.api.openai import endpoints as openai
 from app.api.openapi import openapi_document
 from app.api.router import Endpoint, HttpFront, Routes
 from app.api.v1 import endpoints as v1
@@ -25,6 +26,7 @@ from app.api.v2 import endpoints as v2
 from app.metrics import Metrics
 from app.serving.batcher import BatchReport
 from app.serving.dataplane import DataPlane, Lifecycle
+from app.serving.generation import StepReport
 from app.serving.loader import LoadedModel
 from app.serving.registry import ModelRegistry
 from app.settings import Settings
@@ -47,12 +49,13 @@ class Application:
         self.settings = settings
         self.metrics = Metrics()
         self.lifecycle = Lifecycle()
-        registry = ModelRegistry(settings, on_batch=self._observe_batch)
+        registry = ModelRegistry(settings, self._observe_batch, self._observe_step)
         self.plane = DataPlane(settings, registry, lifecycle=self.lifecycle)
         keys = Keys.from_settings(settings)
         self.endpoints: list[Endpoint] = [
             *v1.table(),
             *v2.table(with_repository=bool(keys.admin)),
+            *openai.table(),
             *ops.table(self.metrics),
         ]
         self.health_port: int | None = None
@@ -76,6 +79,9 @@ class Application:
         self.metrics.observe_batch(
             model.name, model.version, report.compute_s, report.queue_s, report.failed_items
         )
+
+    def _observe_step(self, model: LoadedModel, report: StepReport) -> None:
+        self.metrics.observe_step(model.name, model.version, report.sequences, report.tokens)
 
     @asynccontextmanager
     async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:

@@ -49,6 +49,13 @@ class Metrics:
             "batchserve_model_state", "1 for the state each model version is in.",
             ["model", "version", "state"], registry=r,
         )  # fmt: skip
+        self.step_sequences = Histogram(
+            "batchserve_generation_step_sequences", "Sequences advanced by one generation step.",
+            ["model", "version"], buckets=_BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.generated_tokens = Counter(
+            "batchserve_generated_tokens", "Tokens generated.", ["model", "version"], registry=r
+        )
         self.rejected = Counter(
             "batchserve_rejected_requests", "Requests refused, by reason.", ["reason"], registry=r
         )
@@ -70,6 +77,10 @@ class Metrics:
             queue.observe(waited)
         if failed_items:
             self.item_failures.labels(model, version).inc(failed_items)
+
+    def observe_step(self, model: str, version: str, sequences: int, tokens: int) -> None:
+        self.step_sequences.labels(model, version).observe(sequences)
+        self.generated_tokens.labels(model, version).inc(tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

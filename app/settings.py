@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest request body; larger ones get 413."
     )
+    max_logprobs: int = Field(
+        5, ge=0, le=1000, description="Most alternatives per position a completion may ask for."
+    )
+    max_completion_choices: int = Field(
+        16, ge=1, le=1024, description="Most choices (n) one completions request may ask for."
+    )
     max_header_bytes: int = Field(
         16 * 1024,
         ge=1024,

@@ -3,7 +3,6 @@ uvicorn on a loopback port."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import string
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import uvicorn
+import uvloop
 
 from app.main import create_app
 from app.server import uvicorn_config
@@ -90,7 +90,8 @@ def live_server(settings: Settings, root_path: str = "") -> Iterator[str]:
     # The same uvicorn settings as `batchserve serve` (connection limits included).
     config = uvicorn_config(create_app(settings), log_level="warning", root_path=root_path)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve([sock])), daemon=True)
+    # On uvloop, as `batchserve serve` runs (uvicorn's serve() does not choose the loop itself).
+    thread = threading.Thread(target=lambda: uvloop.run(server.serve([sock])), daemon=True)
     thread.start()
     try:
         while not server.started and thread.is_alive():

@@ -12,6 +12,8 @@ These answers are written here, on the connection, before any request reaches th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 END_OF_HEAD = b"\r\n\r\n"
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,12 @@ def limited_protocol(
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
+            # A response goes out as two writes (head, body); with Nagle on, the body would wait
+            # for the client's delayed ACK of the head: 40 ms per request on a kept-alive
+            # connection. uvloop sets this already; asyncio's loop may not.
+            sock = transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if len(self.connections) > limits.max_connections:
                 self._refuse(
                     _Refused(
@@ -79,6 +88,8 @@ def limited_protocol(
                 if self._in_head:
                     self._count_head(data)
                 self.parser.feed_data(data)
+                if not self._in_head:
+                    self._ack_now()
             except _Refused as refused:
                 self._refuse(refused)
             except httptools.HttpParserCallbackError as exc:
@@ -91,6 +102,17 @@ def limited_protocol(
                 self._refuse(_Refused(400, "malformed_request", "Invalid HTTP request received."))
             except httptools.HttpParserUpgrade:
                 self._refuse(_Refused(400, "malformed_request", "Upgrades are not supported."))
+
+        def _ack_now(self) -> None:
+            """Headers in, body still to come: acknowledge at once. A client that wrote its
+            headers and body separately (Python's http.client on a kept-alive connection) holds
+            a small body back until the headers are acknowledged (Nagle), and the kernel delays
+            that ACK by up to 40 ms: every such request would wait that long."""
+            if _QUICKACK is None:
+                return
+            sock = self.transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
         def _count_head(self, data: bytes) -> None:
             """Refuse a header section over the limit before httptools buffers it whole."""

@@ -3,7 +3,7 @@ it sits on the hot path, in front of FastAPI's own stack."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,19 @@ class HttpResponse:
     status: int = 200
     content_type: bytes = JSON
     headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class HttpStream:
+    """A response whose body is sent as it is produced (server-sent events, say). Its status is
+    200 once the first byte is out: a failure later must be told in the body."""
+
+    chunks: AsyncIterator[bytes]
+    content_type: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+ErrorFormat = Callable[[str, str], bytes]
 
 
 def json_response(
@@ -57,6 +70,25 @@ async def send_response(
     ]
     await send({"type": "http.response.start", "status": response.status, "headers": raw})
     await send({"type": "http.response.body", "body": response.body if with_body else b""})
+
+
+async def send_stream(send: Send, stream: HttpStream, extra: list[tuple[bytes, bytes]]) -> None:
+    """Start the response, then send each chunk as it comes; the producer is closed whatever
+    happens (a client that leaves makes `send` raise), so it can stop its work."""
+    raw = [
+        (b"content-type", stream.content_type),
+        (b"cache-control", b"no-cache"),
+        *((k.lower().encode(), v.encode()) for k, v in stream.headers.items()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": raw})
+    chunks = stream.chunks
+    try:
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 async def receive_body(receive: Receive, max_bytes: int) -> bytes:

@@ -24,6 +24,10 @@ BINARY_BODY = (
     "With the binary tensor data extension: the JSON request, then each input's binary data in "
     "the order of `inputs`; the Inference-Header-Content-Length header gives the JSON's length."
 )
+STREAM_ANSWER = (
+    "With stream: server-sent events, `data: <a chunk in the response's shape>` per generated "
+    "token, then `data: [DONE]`."
+)
 BINARY_ANSWER = (
     "With binary outputs: the JSON response (Inference-Header-Content-Length bytes), then each "
     "binary output in order."
@@ -97,8 +101,13 @@ def _responses(endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.docs.get("binary"):
         content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
         ok["description"] = f"Successful Response. {BINARY_ANSWER}"
+    if endpoint.docs.get("stream"):
+        content["text/event-stream"] = {"schema": {"type": "string"}}
+        ok["description"] = f"Successful Response. {STREAM_ANSWER}"
     responses: dict[str, Any] = {"200": ok}
-    error = {"application/json": {"schema": _schema_of(ErrorResponse)}}
+    error = {
+        "application/json": {"schema": _schema_of(endpoint.docs.get("error_schema", ErrorResponse))}
+    }
     for status in sorted(endpoint.errors):
         responses[str(status)] = {"description": endpoint.errors[status], "content": error}
     return responses
@@ -114,7 +123,8 @@ def _schema_of(annotation: Any) -> dict[str, Any]:
 def _components(endpoints: list[Endpoint]) -> dict[str, Any]:
     models: dict[type[BaseModel], None] = {ErrorResponse: None}
     for endpoint in endpoints:
-        for annotation in (endpoint.request_schema, endpoint.response_schema):
+        error = endpoint.docs.get("error_schema")
+        for annotation in (endpoint.request_schema, endpoint.response_schema, error):
             while get_origin(annotation) is list:
                 (annotation,) = get_args(annotation)
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):

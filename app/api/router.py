@@ -20,13 +20,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.context import Accounting, Keys, RequestIds, check_bearer, deadline_from
 from app.api.http import (
+    ErrorFormat,
     HttpResponse,
+    HttpStream,
     ascii_uint,
     disconnect_waiter,
     error_body,
     header,
     receive_body,
     send_response,
+    send_stream,
 )
 from app.errors import (
     InvalidInput,
@@ -65,7 +68,7 @@ class Call:
         return await receive_body(self.receive, self.settings.max_body_bytes)
 
 
-Handler = Callable[[Call], Awaitable[HttpResponse]]
+Handler = Callable[[Call], Awaitable[HttpResponse | HttpStream]]
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Endpoint:
     inference: bool = False  # reads the deadline header and watches for a disconnect
     served_while_draining: bool = False  # health and metrics answer during shutdown
     invalid_input_status: int = InvalidInput.status  # the Open Inference Protocol answers 400
+    error_format: ErrorFormat = error_body  # the protocol's error body from (message, code)
     binary_body: bool = False  # takes application/octet-stream beside JSON
     request_schema: type[BaseModel] | None = None
     request_required: bool = True
@@ -194,6 +198,7 @@ class HttpFront:
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
     ) -> None:
         endpoint: Endpoint | None = None
+        response: HttpResponse | HttpStream
         try:
             self._refuse_early(scope)
             path = _route_path(scope)
@@ -211,15 +216,21 @@ class HttpFront:
         except ServiceError as exc:
             ctx.error = exc.code
             status = exc.status
-            if isinstance(exc, InvalidInput) and endpoint is not None:
-                status = endpoint.invalid_input_status
-            response = HttpResponse(error_body(exc.message, exc.code), status, headers=exc.headers)
+            shape: ErrorFormat = error_body
+            if endpoint is not None:
+                shape = endpoint.error_format
+                if isinstance(exc, InvalidInput):
+                    status = endpoint.invalid_input_status
+            response = HttpResponse(shape(exc.message, exc.code), status, headers=exc.headers)
         except Exception as exc:  # a bug; the answer must still be JSON
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             ctx.error = "internal"
             body = error_body(f"internal error: {type(exc).__name__}", "internal")
             response = HttpResponse(body, 500)
-        await send_response(send, response, [], with_body=scope["method"] != "HEAD")
+        if isinstance(response, HttpStream):
+            await send_stream(send, response, [])
+        else:
+            await send_response(send, response, [], with_body=scope["method"] != "HEAD")
 
     def _refuse_early(self, scope: Scope) -> None:
         """Before any routing: a declared body over the limit (413)."""
@@ -245,7 +256,7 @@ class HttpFront:
         scope: Scope,
         receive: Receive,
         ctx: RequestContext,
-    ) -> HttpResponse:
+    ) -> HttpResponse | HttpStream:
         if endpoint.method == "POST":
             _check_content_type(header(scope["headers"], b"content-type"), endpoint.binary_body)
         authorization = header(scope["headers"], b"authorization")

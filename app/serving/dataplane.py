@@ -19,10 +19,17 @@ from app.errors import (
     DEADLINE_PASSED,
     ClientDisconnected,
     DeadlineExceeded,
+    InvalidInput,
     ServiceError,
     WrongEndpoint,
 )
 from app.serving.batcher import WorkItem
+from app.serving.completions import (
+    ChoiceStream,
+    CompletionChoice,
+    CompletionRequest,
+    sequence_requests,
+)
 from app.serving.context import RequestContext
 from app.serving.loader import LoadedModel
 from app.serving.registry import ModelRegistry, ModelVersion
@@ -129,6 +136,64 @@ class DataPlane:
             results.append(future.result())
         return results
 
+    # -- generation and tokens ----------------------------------------------------------------
+    def language_model(self, name: str | None) -> LoadedModel:
+        """The ready language model `name`, or, with no name, the only one the server has."""
+        if name is None:
+            names = [m.name for m in self.models() if m.task == "score" and m.default_version]
+            if len(names) != 1:
+                raise InvalidInput(
+                    f"model: name the language model; this server has {len(names)}: {names}"
+                )
+            name = names[0]
+        model = self.registry.get(name)
+        if model.generator is None or not isinstance(model.servable, SequenceScorer):
+            raise WrongEndpoint(f"model '{name}' is not a language model that can generate")
+        return model
+
+    def tokenize(self, model: LoadedModel, text: Any, field: str) -> list[int]:
+        return _scorer(model).tokenize(text, field)
+
+    def detokenize(self, model: LoadedModel, ids: Any, field: str) -> str:
+        scorer = _scorer(model)
+        return scorer.vocab.detokenize(scorer.check_token_ids(ids, field))
+
+    def token_ids(self, model: LoadedModel, ids: Any, field: str) -> list[int]:
+        return _scorer(model).check_token_ids(ids, field)
+
+    def complete(
+        self, model: LoadedModel, request: CompletionRequest, ctx: RequestContext
+    ) -> list[ChoiceStream]:
+        """Start every choice of a completions call (all queued, or none); each is read as it
+        is generated. Choice i*n + j continues prompt i."""
+        scorer, generator = _scorer(model), model.generator
+        assert generator is not None
+        requests = sequence_requests(request, scorer.vocab, scorer.max_length)
+        sequences = generator.submit(requests, ctx.deadline)
+        ctx.items = len(sequences)
+        return [ChoiceStream(s, i, request, scorer.vocab) for i, s in enumerate(sequences)]
+
+    async def complete_all(
+        self, model: LoadedModel, request: CompletionRequest, ctx: RequestContext
+    ) -> list[CompletionChoice]:
+        """Every choice, whole; a client that leaves stops them all at the next step."""
+        streams = self.complete(model, request, ctx)
+        collecting = asyncio.gather(*(s.collect() for s in streams))
+        watcher = asyncio.ensure_future(ctx.disconnected()) if ctx.disconnected else None
+        try:
+            pending = {collecting} if watcher is None else {collecting, watcher}
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if collecting not in done:
+                raise ClientDisconnected("the client disconnected before its answer was ready")
+            return collecting.result()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            for stream in streams:
+                stream.sequence.cancel()
+            if not collecting.done():
+                collecting.cancel()
+
     # -- metadata and health ------------------------------------------------------------------
     def models(self) -> list[ModelSummary]:
         summaries = []
@@ -171,7 +236,7 @@ class DataPlane:
         rows = []
         for name in self.registry.names():
             for entry in self.registry.versions(name):
-                busy = entry.loaded.batcher.busy_items if entry.loaded else 0
+                busy = _busy(entry.loaded) if entry.loaded else 0
                 rows.append((name, entry.version, busy, entry.state))
         return rows
 
@@ -186,6 +251,18 @@ class DataPlane:
 
     async def unload(self, name: str) -> None:
         await self.registry.unload_model(name)
+
+
+def _busy(model: LoadedModel) -> int:
+    """Items queued or computing, and sequences waiting or generating."""
+    generating = model.generator.busy if model.generator is not None else 0
+    return model.batcher.busy_items + generating
+
+
+def _scorer(model: LoadedModel) -> SequenceScorer:
+    if not isinstance(model.servable, SequenceScorer):
+        raise WrongEndpoint(f"model '{model.name}' is not a language model")
+    return model.servable
 
 
 def _parse(model: LoadedModel, task: Task, raw_items: Sequence[Any], field: str) -> list[Any]:

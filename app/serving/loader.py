@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
-from app.serving.servables import AnyServable, Task, make_servable
+from app.serving.generation import StepReport, StepScheduler
+from app.serving.servables import AnyServable, SequenceScorer, Task, make_servable
 from app.settings import Settings
+from models.architectures import CharLM
 from models.checkpoint import (
     CheckpointError,
     ModelConfig,
@@ -38,6 +40,7 @@ class LoadedModel:
     batcher: DynamicBatcher
     device: str
     weights_sha256: str
+    generator: StepScheduler | None = None  # language models: step-level batched generation
 
     @property
     def task(self) -> Task:
@@ -73,6 +76,7 @@ async def load_model(
     settings: Settings,
     executor_for: Callable[[torch.device], Executor],
     on_batch: Callable[[BatchReport], None] | None,
+    on_step: Callable[[StepReport], None] | None = None,
 ) -> LoadedModel:
     """Load, check and warm up one version; its batcher is started. Raises CheckpointError (or
     OSError/RuntimeError/ValueError from torch) when the checkpoint cannot serve."""
@@ -100,7 +104,35 @@ async def load_model(
         observer=on_batch,
     )
     batcher.start()
-    return LoadedModel(name, version, config, servable, batcher, str(device), sha256)
+    generator = _generator(module, servable, executor, batcher.limits, on_step)
+    return LoadedModel(name, version, config, servable, batcher, str(device), sha256, generator)
+
+
+def _generator(
+    module: torch.nn.Module,
+    servable: AnyServable,
+    executor: Executor,
+    limits: BatchLimits,
+    on_step: Callable[[StepReport], None] | None,
+) -> StepScheduler | None:
+    """A step scheduler for a character language model (one that can step), sharing the
+    inference thread of its batcher."""
+    lm = getattr(module, "_orig_mod", module)  # through torch.compile's wrapper
+    if not isinstance(servable, SequenceScorer) or not isinstance(lm, CharLM):
+        return None
+    vocab = servable.vocab
+    scheduler = StepScheduler(
+        lm,
+        servable.device,
+        executor,
+        bos=vocab.bos,
+        eos=vocab.eos,
+        max_running=limits.max_batch_size,
+        max_waiting=limits.max_queue_size,
+        observer=on_step,
+    )
+    scheduler.start()
+    return scheduler
 
 
 def batch_limits(config: ModelConfig, settings: Settings) -> BatchLimits:

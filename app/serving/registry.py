@@ -23,6 +23,7 @@ from app.errors import (
     ServiceError,
 )
 from app.serving.batcher import BatchReport
+from app.serving.generation import StepReport
 from app.serving.loader import LoadedModel, load_model
 from app.serving.repository import Repository, version_key
 from app.serving.results import ModelState
@@ -32,6 +33,7 @@ from models.checkpoint import CheckpointError, ModelConfig
 log = logging.getLogger("batchserve.registry")
 
 BatchObserver = Callable[[LoadedModel, BatchReport], None]
+StepObserver = Callable[[LoadedModel, StepReport], None]
 
 
 @dataclass
@@ -56,10 +58,16 @@ class ModelVersion:
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings, on_batch: BatchObserver | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_batch: BatchObserver | None = None,
+        on_step: StepObserver | None = None,
+    ) -> None:
         self.settings = settings
         self.repository = Repository(settings.model_repository, settings.follow_external_symlinks)
         self._on_batch = on_batch
+        self._on_step = on_step
         self._models: dict[str, dict[str, ModelVersion]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._executors: dict[str, ThreadPoolExecutor] = {}
@@ -181,7 +189,13 @@ class ModelRegistry:
         try:
             path = self.repository.version_dir(name, version)
             entry.loaded = await load_model(
-                name, version, path, self.settings, self._executor, self._observer(entry)
+                name,
+                version,
+                path,
+                self.settings,
+                self._executor,
+                self._observer(entry),
+                self._step_observer(entry),
             )
         except (CheckpointError, ServiceError, OSError, RuntimeError, ValueError) as exc:
             # The full paths go to the log; API answers name paths inside the repository.
@@ -241,6 +255,17 @@ class ModelRegistry:
 
         return observe
 
+    def _step_observer(self, entry: ModelVersion) -> Callable[[StepReport], None] | None:
+        on_step = self._on_step
+        if on_step is None:
+            return None
+
+        def observe(report: StepReport) -> None:
+            if entry.loaded is not None:
+                on_step(entry.loaded, report)
+
+        return observe
+
     def _executor(self, device: torch.device) -> ThreadPoolExecutor:
         # One inference thread per device: GPU work is serialised on its stream, and CPU models
         # share the cores torch_threads allows rather than fighting over them.
@@ -266,6 +291,8 @@ class ModelRegistry:
         was = entry.state
         entry.state = ModelState.UNLOADING
         await loaded.batcher.stop()
+        if loaded.generator is not None:
+            await loaded.generator.stop()
         entry.loaded = None
         del loaded
         # The stopped collector task is held until its done-callbacks run on the next loop turn,

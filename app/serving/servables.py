@@ -277,6 +277,38 @@ class SequenceScorer(Servable[ScoreItem, TokenScores, SequenceScore]):
         tokens = [*self.text.encode(raw, field), self.vocab.eos]
         return ScoreItem(tokens, 0)
 
+    def tokenize(self, raw: Any, field: str) -> list[int]:
+        """Token ids of a text prompt: its characters after the model's normalization, with the
+        literal strings "<s>" and "</s>" read as the start and end tokens."""
+        if not isinstance(raw, str):
+            raise InvalidInput(f"{field}: expected a string, got {_json_type(raw)}")
+        # The cheap limit first, as for items: room for the characters and both special tokens.
+        limit = self.text.max_raw_length + len("<s></s>")
+        if len(raw) > limit:
+            raise InvalidInput(
+                f"{field}: the text has {len(raw)} characters; the limit is {self.max_length}"
+            )
+        text = raw if raw.isascii() else normalize(raw, self.text.normalize_mode)
+        try:
+            return self.vocab.tokenize(text)
+        except ValueError as exc:
+            raise InvalidInput(f"{field}: {exc}") from None
+
+    def check_token_ids(self, ids: Any, field: str) -> list[int]:
+        """A prompt given as token ids: integers of the vocabulary."""
+        size = self.vocab.lm_vocab_size
+        if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+            raise InvalidInput(f"{field}: expected an array of token ids (integers)")
+        if len(ids) > self.max_length + 2:
+            raise InvalidInput(
+                f"{field}: {len(ids)} tokens; the model reads at most {self.max_length} "
+                "characters and its two special tokens"
+            )
+        wrong = [i for i in ids if not 0 <= i < size]
+        if wrong:
+            raise InvalidInput(f"{field}: token ids {wrong[:5]} outside 0..{size - 1}")
+        return ids
+
     def parse_pair(self, context: Any, continuation: Any, field: str) -> ScoreItem:
         before = self.text.encode(context, f"{field}.context", allow_empty=True)
         after = self.text.encode(continuation, f"{field}.continuation")

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible completions API and the tokenizer endpoints beside it."""
