@@ -87,6 +87,10 @@ class Application:
     async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         settings, registry = self.settings, self.plane.registry
         torch.set_num_threads(settings.torch_threads)
+        # Scores must not depend on the device: TF32 (cuDNN's default is on) moves a language
+        # model's log-probabilities by up to 1e-2 nats against the CPU; off unless asked for.
+        torch.backends.cuda.matmul.allow_tf32 = settings.allow_tf32
+        torch.backends.cudnn.allow_tf32 = settings.allow_tf32
         health = None
         if settings.health_port is not None:
             health = HealthServer(self.plane, settings.host, settings.health_port)

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         1, ge=1, le=256, description="CPU threads for each forward pass (torch.set_num_threads)."
     )
+    allow_tf32: bool = Field(
+        False,
+        description="Let CUDA use TF32 for matrix products and convolutions (faster on Ampere "
+        "and later, but scores then differ from the CPU's by up to ~1e-2).",
+    )
     warmup: bool = Field(True, description="Run warm-up forward passes when a model loads.")
     compile: bool = Field(
         False,

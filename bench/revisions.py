@@ -53,8 +53,8 @@ def run(revisions: list[str], concurrency: list[int], rounds: int, seconds: floa
                             samples.setdefault((revision, endpoint, c), []).append(result)
                 finally:
                     stop(server)
-        described = {r: d for r, (_, d) in zip(revisions, trees, strict=True)}
-    return {"described": described, "samples": samples}
+        names = {r: d for r, (_, d) in zip(revisions, trees, strict=True)}
+    return {"described": names, "samples": samples}
 
 
 def summary(results: dict[str, Any]) -> list[dict[str, Any]]:

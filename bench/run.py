@@ -334,11 +334,13 @@ def _checkpoints(repository: Path) -> dict[str, Any]:
 
 
 def profile(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | None]) -> int:
-    """Record batchserve with py-spy (on the client CPU) while wrk drives predict at c=64."""
-    bodies = write_bodies(tmp / "bodies")["predict"]["path"]
+    """Record batchserve with py-spy (on the client CPU) while wrk drives the first of
+    --endpoints (predict by default) at the highest concurrency."""
+    endpoint = args.endpoints[0]
+    bodies = write_bodies(tmp / "bodies")[endpoint]["path"]
     env = dict(kv.split("=", 1) for kv in args.batchserve_env)
     spec = servers.specs(args.repository, args.baseline_route, env)[0]
-    _, path = ENDPOINTS["predict"]
+    _, path = ENDPOINTS[endpoint]
     concurrency = max(args.concurrency)
     server = servers.start(spec, tmp, cpus[0])
     try:
@@ -361,7 +363,7 @@ def profile(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | N
         if spy.returncode != 0:
             print(f"bench: py-spy failed: {spy_err.strip()}", file=sys.stderr)
             return 1
-        row.update(server="batchserve", endpoint="predict", concurrency=concurrency)
+        row.update(server="batchserve", endpoint=endpoint, concurrency=concurrency)
         _progress(row)
     finally:
         servers.stop(server)

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from app.serving.loader import resolve_device
 from app.serving.registry import ModelRegistry
 from models.checkpoint import build_model, read_config, save_checkpoint
 from tests.conftest import live_server, settings_for, write_tiny_repository
@@ -78,7 +79,8 @@ def test_metadata_reports_checkpoint_hash_labels_and_batching(tmp_path: Path) ->
     assert meta["architecture"]["type"] == "char_rnn_classifier"
     assert meta["input"]["max_length"] == 24
     assert meta["batching"]["max_batch_size"] == 16
-    assert meta["device"] == "cpu" and meta["state"] == "ready"
+    # Device "auto": CUDA where there is one (as on a GPU machine), the CPU elsewhere.
+    assert meta["device"] == str(resolve_device("auto")) and meta["state"] == "ready"
 
 
 def test_a_model_asking_for_an_absent_gpu_fails_with_the_reason(tmp_path: Path) -> None:
@@ -103,3 +105,15 @@ async def test_registry_scans_numeric_version_directories_only(tmp_path: Path) -
     (repository / "empty-model").mkdir()
     registry = ModelRegistry(settings_for(repository))
     assert registry.scan() == {"mnist-mlp": ["1"], "names-lm": ["1"], "names-rnn": ["1"]}
+
+
+def test_tf32_is_off_unless_the_operator_allows_it(tmp_path: Path) -> None:
+    """TF32 would move CUDA scores by up to 1e-2 against the CPU's; the flags are process-wide,
+    so the server sets them at start-up whatever a previous user of torch left."""
+    repository = write_tiny_repository(tmp_path / "repository")
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    with live_server(settings_for(repository)):
+        off = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    with live_server(settings_for(repository, allow_tf32=True)):
+        on = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    assert off == (False, False) and on == (True, True)
