@@ -12,11 +12,21 @@ import pytest
 from tests.conftest import live_server, settings_for, write_tiny_repository
 
 KEY, ADMIN_KEY = "user-key-1", "admin-key-1"
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics", "/docs", "/redoc", "/openapi.json")
+OPEN_PATHS = (
+    "/",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/metrics",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+)
 BODIES = {
     "predict": {"inputs": ["Kim"]},
     "score": {"inputs": ["Kim"]},
     "infer": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["Kim"]}]},
+    "names-rnn:predict": {"instances": ["Kim"]},
+    "1:predict": {"instances": ["Kim"]},
 }
 
 

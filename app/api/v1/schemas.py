@@ -137,6 +137,7 @@ class ModelMetadata(BaseModel):
     version: str
     versions: list[str]
     state: str
+    ready: bool = Field(description="Whether this version serves now (KServe's v1 answer).")
     reason: str | None = None
     task: str | None = None
     device: str | None = None
