@@ -29,7 +29,7 @@ _ERRORS = {
 class PredictRequestV1(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"instances": ["Nakamura", "Kowalski"]}]},
+        json_schema_extra={"examples": [{"instances": ["Johnson"]}]},
     )
     instances: list[Any] = Field(
         min_length=1,
@@ -41,7 +41,9 @@ class PredictRequestV1(BaseModel):
 class PredictResponseV1(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"predictions": [{"log_prob": -9.6, "num_tokens": 8, "perplexity": 3.3}]}]
+            "examples": [
+                {"predictions": [{"log_prob": -17.81, "num_tokens": 8, "perplexity": 9.27}]}
+            ]
         }
     )
     predictions: list[dict[str, Any]] = Field(
