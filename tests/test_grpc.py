@@ -563,3 +563,21 @@ def test_a_model_that_failed_to_load_makes_health_not_serving(tmp_path: Path) ->
         client = triton_grpc.InferenceServerClient(target)
         assert not client.is_server_ready() and not client.is_model_ready("names-rnn")
         assert client.is_model_ready("names-lm")
+
+
+def test_the_admin_key_unloads_and_loads_a_model_over_grpc(tmp_path: Path) -> None:
+    repository = write_tiny_repository(tmp_path / "repository")
+    settings = settings_for(repository, grpc_port=0, admin_api_key=ADMIN_KEY)
+    with live_app(settings) as served:
+        client, admin = _grpc_client(served), _bearer(ADMIN_KEY)
+        client.unload_model("names-lm", headers=admin)
+        assert not client.is_model_ready("names-lm")
+        assert client.is_server_ready()  # unloaded on purpose: not counted against readiness
+        client.load_model("names-lm", headers=admin)
+        assert client.is_model_ready("names-lm")
+        with pytest.raises(triton_grpc.InferenceServerException, match="config") as error:
+            client.load_model("names-lm", headers=admin, config='{"max_batch_size": 8}')
+        assert _status(error) == str(Code.INVALID_ARGUMENT)
+        with pytest.raises(triton_grpc.InferenceServerException) as error:
+            client.load_model("no-such-model", headers=admin)
+        assert _status(error) == str(Code.NOT_FOUND)
