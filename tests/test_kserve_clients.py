@@ -92,6 +92,11 @@ def test_predict_on_an_unknown_model_is_a_404(url: str) -> None:
     assert response.status_code == 404
 
 
+def test_the_predict_path_is_its_own_resource_not_a_model_named_with_a_colon(url: str) -> None:
+    response = httpx.get(f"{url}/v1/models/names-rnn:predict")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+
+
 def test_get_model_says_whether_it_is_ready_and_the_root_says_alive(url: str) -> None:
     assert httpx.get(f"{url}/v1/models/names-rnn").json()["ready"] is True
     assert httpx.get(f"{url}/").json() == {"status": "alive"}

@@ -120,28 +120,25 @@ class _Pattern:
     endpoint: Endpoint
     segments: tuple[bytes | _Parameter, ...]
     names: tuple[str, ...]
-
-    @property
-    def specificity(self) -> tuple[int, int]:
-        """Sort key: fewer parameters, then more literal bytes, first; so /v2/models/stats is
-        tried before /v2/models/{name}."""
-        parameters = [s for s in self.segments if isinstance(s, _Parameter)]
-        literal = sum(len(s) if isinstance(s, bytes) else len(s.prefix) + len(s.suffix)
-                      for s in self.segments)  # fmt: skip
-        return len(parameters), -literal
+    # Fewer parameters, then more literal bytes, rank first: /v2/models/stats before
+    # /v2/models/{name}, and /v1/models/{name}:predict before /v1/models/{name}.
+    rank: tuple[int, int]
 
 
 def _pattern(endpoint: Endpoint) -> _Pattern:
     segments: list[bytes | _Parameter] = []
     names: list[str] = []
+    literal = 0
     for part in endpoint.path.strip("/").split("/"):
         found = _PARAMETER.match(part)
         if found is None:
             segments.append(part.encode())
+            literal += len(part)
             continue
         segments.append(_Parameter(found.group(1).encode(), found.group(3).encode()))
         names.append(found.group(2))
-    return _Pattern(endpoint, tuple(segments), tuple(names))
+        literal += len(found.group(1)) + len(found.group(3))
+    return _Pattern(endpoint, tuple(segments), tuple(names), (len(names), -literal))
 
 
 class Routes:
@@ -154,18 +151,24 @@ class Routes:
             pattern = _pattern(endpoint)
             self._by_length.setdefault(len(pattern.segments), []).append(pattern)
         for patterns in self._by_length.values():
-            patterns.sort(key=lambda p: p.specificity)
+            patterns.sort(key=lambda p: p.rank)
 
     def match(self, method: str, raw_path: bytes) -> tuple[Endpoint, dict[str, str]] | None:
-        """The endpoint and its path parameters; None when no path matches. A path that matches
-        with another method raises MethodNotAllowed. HEAD is served by the GET endpoint."""
+        """The endpoint and its path parameters; None when no path matches. The path is the
+        resource of the most specific templates it fits (/v1/models/x:predict is not model
+        "x:predict"); a method they do not have raises MethodNotAllowed. HEAD is served by the
+        GET endpoint."""
         method = "GET" if method == "HEAD" else method
         parts = raw_path.strip(b"/").split(b"/")
         allowed: list[str] = []
+        rank: tuple[int, int] | None = None
         for pattern in self._by_length.get(len(parts), ()):
+            if rank is not None and pattern.rank != rank:
+                break  # a less specific template: another resource
             params = _bind(pattern, parts)
             if params is None:
                 continue
+            rank = pattern.rank
             if pattern.endpoint.method == method:
                 return pattern.endpoint, params
             if pattern.endpoint.method not in allowed:
