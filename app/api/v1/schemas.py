@@ -152,7 +152,9 @@ class ModelMetadata(BaseModel):
     version: str
     versions: list[str]
     state: str
-    ready: bool = Field(description="Whether this version serves now (KServe's v1 answer).")
+    ready: bool | None = Field(
+        None, description="Whether this version serves now (what KServe's v1 client reads)."
+    )
     reason: str | None = None
     task: str | None = None
     device: str | None = None
