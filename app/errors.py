@@ -94,6 +94,13 @@ class MethodNotAllowed(ServiceError):
     code = "method_not_allowed"
 
 
+class NotImplementedHere(ServiceError):
+    """An operation of a protocol that batchserve does not offer (shared memory, tracing, ...)."""
+
+    status = 501
+    code = "not_implemented"
+
+
 class ItemFailed(ServiceError):
     """The model raised on this item (and only on it: its batch neighbours were answered)."""
 

@@ -17,11 +17,13 @@ from app import __version__
 from app.api import ops
 from app.api.context import Accounting, Keys
 from app.api.docs import SITE_PATHS, docs_site
+from app.api.grpc.server import GrpcServer
 from app.api.health import HealthServer
 from app.api.openai import endpoints as openai
 from app.api.openapi import openapi_document
 from app.api.router import Endpoint, HttpFront, Routes
 from app.api.v1 import endpoints as v1
+from app.api.v1 import kserve as kserve_v1
 from app.api.v2 import endpoints as v2
 from app.metrics import Metrics
 from app.serving.batcher import BatchReport
@@ -38,7 +40,14 @@ DESCRIPTION = """Inference for trained PyTorch MLP and RNN models, with dynamic 
 concurrent requests to a model are merged into one forward pass.
 
 * `/v1` is the native API: `predict` for classifiers, `score` for language models.
-* `/v2` is the Open Inference Protocol (KServe / Triton).
+* `/v1/models/{name}:predict` is KServe's V1 protocol (`instances` -> `predictions`).
+* `/v2` is the Open Inference Protocol (KServe / Triton), with Triton's binary tensor data,
+  classification, statistics and model configuration extensions; the same is served over gRPC
+  on `BATCHSERVE_GRPC_PORT` when set.
+
+Request bodies may be sent compressed (`Content-Encoding: gzip` or `deflate`; the body limit
+applies to the decompressed size), and answers of 1 KiB or more are compressed when
+`Accept-Encoding` asks for it.
 """
 
 
@@ -51,20 +60,24 @@ class Application:
         self.lifecycle = Lifecycle()
         registry = ModelRegistry(settings, self._observe_batch, self._observe_step)
         self.plane = DataPlane(settings, registry, lifecycle=self.lifecycle)
-        keys = Keys.from_settings(settings)
+        self.keys = keys = Keys.from_settings(settings)
+        self.accounting = Accounting(self.metrics, settings.access_log)
         self.endpoints: list[Endpoint] = [
             *v1.table(),
+            *kserve_v1.table(),
             *v2.table(with_repository=bool(keys.admin)),
             *openai.table(),
             *ops.table(self.metrics),
         ]
         self.health_port: int | None = None
+        self.grpc_port: int | None = None
+        self._grpc: GrpcServer | None = None
         site = docs_site(self.openapi, self._lifespan)
         self.front = HttpFront(
             Routes(self.endpoints),
             self.plane,
             keys,
-            Accounting(self.metrics, settings.access_log),
+            self.accounting,
             fallback=site,
             fallback_paths=tuple(p.encode() for p in SITE_PATHS),
         )
@@ -76,6 +89,7 @@ class Application:
         return openapi_document(self.endpoints, TITLE, __version__, DESCRIPTION)
 
     def _observe_batch(self, model: LoadedModel, report: BatchReport) -> None:
+        self.plane.observe_batch(model, report)
         self.metrics.observe_batch(
             model.name, model.version, report.compute_s, report.queue_s, report.failed_items
         )
@@ -91,21 +105,33 @@ class Application:
         # model's log-probabilities by up to 1e-2 nats against the CPU; off unless asked for.
         torch.backends.cuda.matmul.allow_tf32 = settings.allow_tf32
         torch.backends.cudnn.allow_tf32 = settings.allow_tf32
+        self.lifecycle.starting = True
         health = None
         if settings.health_port is not None:
             health = HealthServer(self.plane, settings.host, settings.health_port)
             health.start()
             self.health_port = health.port
+        if settings.grpc_port is not None:
+            # Before the models load, so that gRPC health probes see NOT_SERVING, not nothing.
+            self._grpc = GrpcServer(self.plane, self.keys, self.accounting)
+            self.grpc_port = await self._grpc.start(settings.host, settings.grpc_port)
         await registry.load_repository()
+        self.lifecycle.starting = False
         # Start-up leaves ~10^5 long-lived objects (torch, pydantic, FastAPI); freezing them keeps
         # the collector's full passes from walking them again during serving.
         gc.collect()
         gc.freeze()
         self._log_start(registry)
         yield
+        await self.stop_grpc()
         await registry.close()
         if health is not None:
             health.stop()
+
+    async def stop_grpc(self) -> None:
+        """Close the gRPC listener; calls in progress get the shutdown grace to finish."""
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.shutdown_grace_s)
 
     def _log_start(self, registry: ModelRegistry) -> None:
         """What serves, what does not, and which doors are open (never the keys)."""

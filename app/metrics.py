@@ -15,8 +15,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "batchserve_requests", "HTTP requests answered.",
-            ["model", "version", "endpoint", "status"], registry=r,
+            "batchserve_requests",
+            "Inference requests answered (status: HTTP's, or gRPC's outcome as HTTP would say it).",
+            ["model", "version", "endpoint", "status", "protocol"], registry=r,
         )  # fmt: skip
         self.request_seconds = Histogram(
             "batchserve_request_duration_seconds", "End-to-end request latency.",

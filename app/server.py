@@ -3,10 +3,13 @@ a graceful SIGTERM. The command line and the tests' live servers both start it f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
@@ -66,20 +69,37 @@ def serve(settings: Settings, model_name: str | None = None) -> int:
     host, port = settings.host, settings.port
     config = uvicorn_config(app, host=host, port=port, log_config=None)
     log.info("listening on http://%s:%d", host, port)
-    GracefulServer(config, app.lifecycle, settings.shutdown_drain_s).run()
+    GracefulServer(config, app.lifecycle, settings.shutdown_drain_s, app.stop_grpc).run()
     return 0
 
 
 class GracefulServer(uvicorn.Server):
     """uvicorn already stops accepting on SIGTERM and waits for the accepted requests. This adds:
-    readiness turns false and new requests get 503 at once, for `drain_s` before the listener
-    closes; and the process exits 0 rather than dying by the signal uvicorn re-raises."""
+    readiness turns false and new requests get 503 at once (gRPC: UNAVAILABLE), for `drain_s`
+    before the listeners close; the gRPC listener (`stop_also`) closes and drains together with
+    the HTTP one, each within the grace; and the process exits 0 rather than dying by the signal
+    uvicorn re-raises."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_s: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        lifecycle: Lifecycle,
+        drain_s: float,
+        stop_also: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
         self.drain_s = drain_s
+        self.stop_also = stop_also
         self.exit_at: float | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        stopping = asyncio.ensure_future(self.stop_also()) if self.stop_also else None
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if stopping is not None:
+                await stopping
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.lifecycle.draining = True

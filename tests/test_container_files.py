@@ -143,15 +143,16 @@ def test_image_makes_the_models_readable_whatever_the_checkout_modes() -> None:
 
 def test_ci_the_readme_and_the_dockerfile_install_from_one_lock() -> None:
     assert "-c constraints.txt" in DOCKERFILE.read_text()
-    assert "-c constraints.txt -e '.[dev]'" in (ROOT / ".ci" / "run").read_text()
+    assert "-c constraints.txt -e '.[dev,kserve]'" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "pip install -c constraints.txt -e ." in readme
-    assert "pip install -c constraints.txt -e '.[dev]'" in readme
+    assert "pip install -c constraints.txt -e '.[dev,kserve]'" in readme
 
 
 def test_the_lock_pins_every_dependency_exactly() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    wanted = project["dependencies"] + extras["dev"] + extras["kserve"]
     pins = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line and not line.startswith("#"):

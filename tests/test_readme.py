@@ -15,8 +15,9 @@ KIND is one of:
 Blocks with the same `scenario` run in README order in one scratch directory; any other block runs
 alone. `localhost:8000` and `127.0.0.1:8000` in a block are rewritten to the scenario's server:
 the one its `serve` block started, the bundled models (`server=shipped`), or one from a `setup`
-below. `train-args="..."` is appended to each `batchserve train RECIPE` (tiny settings).
-`network` and `slow` mark the scenario's test. A block without a marker fails
+below; `localhost:8001` to the bundled models' gRPC listener (`server=shipped`).
+`train-args="..."` is appended to each `batchserve train RECIPE` (tiny settings). `network` and
+`slow` mark the scenario's test. A block without a marker fails
 `test_every_block_says_how_it_is_tested`.
 """
 
@@ -48,6 +49,7 @@ SHELLS = {"sh", "bash", "shell"}
 MARKER = re.compile(r"^<!--\s*test:\s*(.*?)\s*-->$")
 FENCE = re.compile(r"^```(.*)$")
 ADDRESS = re.compile(r"(localhost|127\.0\.0\.1):8000")
+GRPC_ADDRESS = re.compile(r"(localhost|127\.0\.0\.1):8001")
 TIMEOUT_S = 600
 
 
@@ -183,9 +185,12 @@ def _setting_variables() -> set[str]:
     return {f"BATCHSERVE_{name.upper()}" for name in Settings.model_fields}
 
 
-def _with_server(text: str, url: str | None, block: Block) -> str:
+def _with_server(text: str, url: str | None, grpc: str | None, block: Block) -> str:
     if ADDRESS.search(text) and url is None:
         raise AssertionError(f"README.md:{block.line} talks to localhost:8000 but has no server")
+    if GRPC_ADDRESS.search(text) and grpc is None:
+        raise AssertionError(f"README.md:{block.line} talks gRPC to localhost:8001 but has none")
+    text = GRPC_ADDRESS.sub(grpc, text) if grpc else text
     return ADDRESS.sub(url.removeprefix("http://"), text) if url else text
 
 
@@ -257,7 +262,7 @@ def test_readme_scenario(name: str, tmp_path: Path, request: pytest.FixtureReque
     workspace.mkdir()
     env = _environment(tmp_path)
     with ExitStack() as stack:
-        url = None
+        url = grpc = None
         setup = blocks[0].attrs.get("setup")
         if setup:
             extra, settings = SETUPS[setup](workspace)
@@ -266,7 +271,8 @@ def test_readme_scenario(name: str, tmp_path: Path, request: pytest.FixtureReque
         for block in blocks:
             if block.attrs.get("server") == "shipped":
                 url = request.getfixturevalue("shipped_server")
-            text = _with_server(block.text, url, block)
+                grpc = request.getfixturevalue("shipped_grpc")
+            text = _with_server(block.text, url, grpc, block)
             if "train-args" in block.attrs:
                 text = re.sub(r"(batchserve train \S+)", rf"\1 {block.attrs['train-args']}", text)
             if block.kind == "shell":

@@ -9,13 +9,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 
 from tests.conftest import free_port, write_tiny_repository
 
@@ -24,6 +28,7 @@ CLIENTS = 16
 DRAIN_S = 1.0
 # Each request waits this long in the batcher for company, so requests are in flight at SIGTERM.
 BATCH_DELAY_MS = 100
+SLOW_BATCH_S = 2
 
 
 @dataclass
@@ -40,10 +45,32 @@ class Outcomes:
 class Server:
     url: str
     process: subprocess.Popen[bytes]
+    grpc_target: str = ""
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
+    yield from _serve(tmp_path, grpc=False)
+
+
+@pytest.fixture
+def grpc_server(tmp_path: Path) -> Iterator[Server]:
+    yield from _serve(tmp_path, grpc=True)
+
+
+@pytest.fixture
+def slow_grpc_server(tmp_path: Path) -> Iterator[Server]:
+    """No drain, and batches that wait SLOW_BATCH_S for company: a call is in flight when the
+    listeners close."""
+    overrides = {
+        "BATCHSERVE_SHUTDOWN_DRAIN_S": "0",
+        "BATCHSERVE_MAX_BATCH_DELAY_MS": str(SLOW_BATCH_S * 1000),
+        "BATCHSERVE_BATCH_IDLE_TURNS": "0",
+    }
+    yield from _serve(tmp_path, grpc=True, **overrides)
+
+
+def _serve(tmp_path: Path, grpc: bool, **overrides: str) -> Iterator[Server]:
     port = free_port()
     env = {
         **os.environ,
@@ -52,13 +79,17 @@ def server(tmp_path: Path) -> Iterator[Server]:
         "BATCHSERVE_MAX_BATCH_DELAY_MS": str(BATCH_DELAY_MS),
         "BATCHSERVE_ACCESS_LOG": "false",
         "BATCHSERVE_DEVICE": "cpu",
+        **overrides,
     }
+    grpc_port = free_port() if grpc else None
+    if grpc_port is not None:
+        env["BATCHSERVE_GRPC_PORT"] = str(grpc_port)
     command = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_until_serving(url, process)
-        yield Server(url, process)
+        yield Server(url, process, f"127.0.0.1:{grpc_port}" if grpc_port else "")
     finally:
         if process.poll() is None:
             process.kill()
@@ -144,3 +175,77 @@ def test_while_draining_readiness_is_off_requests_get_503_and_metrics_stay_up(
     assert server.process.wait(timeout=60) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/v1/models")
+
+
+def _grpc_client_loop(target: str, seen: Outcomes, lock: threading.Lock) -> None:
+    """Like `_client_loop`, over gRPC: UNAVAILABLE is the shutting-down answer (during the drain
+    from batchserve, after it from grpc itself, as the listener closes)."""
+    tensor = triton_grpc.InferInput("input", [1, 784], "FP32")
+    tensor.set_data_from_numpy(np.full((1, 784), 0.5, dtype=np.float32))
+    with triton_grpc.InferenceServerClient(target) as client:
+        while True:
+            try:
+                client.infer("mnist-mlp", [tensor], client_timeout=60)
+            except triton_grpc.InferenceServerException as exc:
+                with lock:
+                    if exc.status() == "StatusCode.UNAVAILABLE":
+                        seen.shutting_down += 1
+                    else:
+                        seen.lost.append(f"{exc.status()}: {exc.message()}")
+                return
+            with lock:
+                if seen.sigterm_at is None:
+                    seen.ok_before_sigterm += 1
+                else:
+                    seen.ok_after_sigterm += 1
+
+
+def test_sigterm_drains_grpc_calls_with_the_http_ones_and_exits_0(grpc_server: Server) -> None:
+    seen, lock = Outcomes(), threading.Lock()
+    threads = [
+        threading.Thread(target=_grpc_client_loop, args=(grpc_server.grpc_target, seen, lock))
+        for _ in range(CLIENTS // 2)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while seen.ok_before_sigterm < 2 * CLIENTS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(BATCH_DELAY_MS / 2000)  # mid-batch
+    seen.sigterm_at = time.monotonic()
+    grpc_server.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert seen.lost == []
+    assert seen.ok_after_sigterm > 0  # calls in flight at SIGTERM were answered, not dropped
+    assert seen.shutting_down == len(threads)
+    assert grpc_server.process.wait(timeout=60) == 0
+
+
+def test_a_grpc_call_in_flight_when_the_listener_closes_is_answered_within_the_grace(
+    slow_grpc_server: Server,
+) -> None:
+    tensor = triton_grpc.InferInput("input", [1, 784], "FP32")
+    tensor.set_data_from_numpy(np.full((1, 784), 0.5, dtype=np.float32))
+    answers: list[Any] = []
+
+    def call() -> None:
+        with triton_grpc.InferenceServerClient(slow_grpc_server.grpc_target) as client:
+            answers.append(client.infer("mnist-mlp", [tensor], client_timeout=60))
+
+    in_flight = threading.Thread(target=call)
+    in_flight.start()
+    time.sleep(SLOW_BATCH_S / 4)  # queued, waiting for company
+    slow_grpc_server.process.send_signal(signal.SIGTERM)
+    time.sleep(SLOW_BATCH_S / 4)  # no drain: the listeners are closed by now
+    with (
+        triton_grpc.InferenceServerClient(slow_grpc_server.grpc_target) as late,
+        pytest.raises(triton_grpc.InferenceServerException) as refused,
+    ):
+        late.infer("mnist-mlp", [tensor], client_timeout=10)
+    in_flight.join(timeout=60)
+
+    assert refused.value.status() == "StatusCode.UNAVAILABLE"
+    assert len(answers) == 1 and answers[0].as_numpy("probabilities").shape == (1, 10)
+    assert slow_grpc_server.process.wait(timeout=60) == 0

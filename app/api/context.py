@@ -1,6 +1,6 @@
 """What every transport does around a request, as plain functions: check the bearer key, read the
 deadline, pick the request id, and record the finished request in the metrics and the access
-log. HTTP calls them from `app.api.router`; a gRPC interceptor calls the same."""
+log. HTTP calls them from `app.api.router`; gRPC from `app.api.grpc.interceptor`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from app.errors import MalformedRequest, Unauthorized
+from app.errors import MalformedRequest, ModelNotFound, Unauthorized
 from app.metrics import Metrics
 from app.serving.context import RequestContext
 from app.settings import ASCII_WHITESPACE, Settings
@@ -103,32 +103,51 @@ class Accounting:
     def __init__(self, metrics: Metrics, log_access: bool) -> None:
         self.metrics = metrics
         self.log_access = log_access
-        self._series: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        self._series: dict[tuple[str, str, str, int, str], tuple[Any, Any]] = {}
 
     def record(
-        self, ctx: RequestContext, method: str, target: str, status: int, seconds: float
+        self,
+        ctx: RequestContext,
+        method: str,
+        target: str,
+        status: int,
+        seconds: float,
+        protocol: str,
     ) -> None:
+        """`status` is HTTP's, or for gRPC the HTTP status of the same outcome, so that one
+        query counts errors across protocols; `protocol` is http or grpc."""
         if ctx.model:
-            key = (ctx.model, ctx.version, ctx.endpoint, status)
-            series = self._series.get(key)
-            if series is None:  # labels() takes a lock and builds a tuple; cache the children
-                series = self._series[key] = (
-                    self.metrics.requests.labels(ctx.model, ctx.version, ctx.endpoint, str(status)),
-                    self.metrics.request_seconds.labels(ctx.model, ctx.endpoint),
-                )
-            series[0].inc()
-            series[1].observe(seconds)
+            self._count(ctx.model, ctx.version, ctx.endpoint, status, protocol, seconds)
+        elif ctx.endpoint and ctx.error == ModelNotFound.code:
+            # An unknown model's name is the client's to choose: it must not become a label.
+            self._count("", "", ctx.endpoint, status, protocol, seconds)
         if status >= 400 and ctx.error:
             # The error's code (queue_full, deadline_exceeded, unauthorized, invalid_input, ...).
             self.metrics.rejected.labels(ctx.error).inc()
         if self.log_access:
-            access_log.info(_access_line(ctx, method, target, status, seconds))
+            access_log.info(_access_line(ctx, method, target, status, seconds, protocol))
+
+    def _count(
+        self, model: str, version: str, endpoint: str, status: int, protocol: str, seconds: float
+    ) -> None:
+        key = (model, version, endpoint, status, protocol)
+        series = self._series.get(key)
+        if series is None:  # labels() takes a lock and builds a tuple; cache the children
+            series = self._series[key] = (
+                self.metrics.requests.labels(model, version, endpoint, str(status), protocol),
+                self.metrics.request_seconds.labels(model, endpoint),
+            )
+        series[0].inc()
+        series[1].observe(seconds)
 
 
-def _access_line(ctx: RequestContext, method: str, target: str, status: int, seconds: float) -> str:
+def _access_line(
+    ctx: RequestContext, method: str, target: str, status: int, seconds: float, protocol: str
+) -> str:
     line: dict[str, Any] = {
         "event": "access",
         "request_id": ctx.request_id,
+        "protocol": protocol,
         "method": method,
         "path": target,
         "status": status,

@@ -3,6 +3,8 @@ it sits on the hot path, in front of FastAPI's own stack."""
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +12,12 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Send
 
-from app.errors import ClientDisconnected, MalformedRequest, PayloadTooLarge
+from app.errors import (
+    ClientDisconnected,
+    MalformedRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 JSON = b"application/json"
 
@@ -91,8 +98,12 @@ async def send_stream(send: Send, stream: HttpStream, extra: list[tuple[bytes, b
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-async def receive_body(receive: Receive, max_bytes: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `max_bytes` (even without Content-Length)."""
+async def receive_body(receive: Receive, max_bytes: int, coding: str | None = None) -> bytes:
+    """The body, refused with 413 as soon as it passes `max_bytes` (even without Content-Length).
+    With a `coding` (gzip or deflate) it is decompressed as it arrives, and the limit applies to
+    the decompressed bytes too: a small body that inflates to gigabytes is refused at
+    `max_bytes`, having used no more memory than that."""
+    inflater = _Inflater(coding, max_bytes) if coding else None
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -103,9 +114,109 @@ async def receive_body(receive: Receive, max_bytes: int) -> bytes:
         size += len(chunk)
         if size > max_bytes:
             raise PayloadTooLarge(f"body: the request body exceeds the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+        chunks.append(inflater.feed(chunk) if inflater else chunk)
         if not message.get("more_body", False):
+            if inflater:
+                inflater.finish()
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+# -- compression (Content-Encoding / Accept-Encoding) --------------------------------------------
+
+CODINGS = ("gzip", "deflate")  # deflate: the zlib format (RFC 1950), as HTTP and Triton mean it
+COMPRESS_FROM_BYTES = 1024  # smaller answers are sent as they are: compressing would cost more
+
+
+def content_coding(declared: str | None) -> str | None:
+    """The request body's coding: gzip, deflate, or None for none; anything else is a 415."""
+    value = (declared or "").strip().lower()
+    if value in ("", "identity"):
+        return None
+    if value in CODINGS:
+        return value
+    raise UnsupportedMediaType(
+        f"Content-Encoding: {declared!r} is not supported; send gzip, deflate or identity",
+        headers={"Accept-Encoding": "gzip, deflate"},
+    )
+
+
+class _Inflater:
+    """Decompresses a body chunk by chunk, never producing more than `max_bytes` in all."""
+
+    def __init__(self, coding: str, max_bytes: int) -> None:
+        self._coding = coding
+        self._stream = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # gzip or zlib header
+        self._room = max_bytes
+        self._max_bytes = max_bytes
+
+    def feed(self, data: bytes) -> bytes:
+        pieces: list[bytes] = []
+        while data:
+            if self._stream.eof:
+                raise MalformedRequest(f"body: data after the end of the {self._coding} stream")
+            try:
+                piece = self._stream.decompress(data, self._room + 1)
+            except zlib.error as exc:
+                raise MalformedRequest(f"body: not valid {self._coding} data ({exc})") from None
+            self._room -= len(piece)
+            if self._room < 0:
+                raise PayloadTooLarge(
+                    f"body: the decompressed request body exceeds the limit of "
+                    f"{self._max_bytes} bytes"
+                )
+            pieces.append(piece)
+            rest = self._stream.unconsumed_tail or self._stream.unused_data
+            if rest == data and not piece:
+                break  # no progress: cannot happen with room left, but never spin
+            data = rest
+        return b"".join(pieces)
+
+    def finish(self) -> None:
+        if not self._stream.eof:
+            raise MalformedRequest(f"body: the {self._coding} data ends before its stream does")
+
+
+def compress(response: HttpResponse, accept_encoding: str | None) -> HttpResponse:
+    """The response in the coding the client prefers (gzip or deflate), if it is worth it."""
+    if len(response.body) < COMPRESS_FROM_BYTES:
+        return response
+    headers = {**response.headers, "Vary": "Accept-Encoding"}
+    coding = _preferred_coding(accept_encoding)
+    if coding is None:
+        return HttpResponse(response.body, response.status, response.content_type, headers)
+    if coding == "gzip":
+        body = gzip.compress(response.body, compresslevel=6, mtime=0)
+    else:
+        body = zlib.compress(response.body)
+    headers["Content-Encoding"] = coding
+    return HttpResponse(body, response.status, response.content_type, headers)
+
+
+def _preferred_coding(accept_encoding: str | None) -> str | None:
+    """gzip or deflate, whichever Accept-Encoding weighs highest (gzip on a tie), when it
+    weighs at least as much as identity; None otherwise."""
+    if not accept_encoding:
+        return None
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(",")[:32]:
+        name, _, parameters = item.partition(";")
+        weights[name.strip().lower()] = _quality(parameters)
+    anything = weights.get("*")
+    identity = weights.get("identity", 1.0 if anything is None else max(anything, 0.001))
+    best = max(CODINGS, key=lambda c: weights.get(c, anything or 0.0))
+    weight = weights.get(best, anything or 0.0)
+    return best if weight > 0 and weight >= identity else None
+
+
+def _quality(parameters: str) -> float:
+    for parameter in parameters.split(";"):
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() == "q":
+            try:
+                return min(max(float(value.strip()), 0.0), 1.0)
+            except ValueError:
+                return 0.0
+    return 1.0
 
 
 def ascii_uint(text: str) -> int | None:

@@ -32,6 +32,17 @@ BINARY_ANSWER = (
     "With binary outputs: the JSON response (Inference-Header-Content-Length bytes), then each "
     "binary output in order."
 )
+HEADER_LENGTH = "Inference-Header-Content-Length"
+HEADER_LENGTH_PARAMETER: dict[str, Any] = {
+    "name": HEADER_LENGTH,
+    "in": "header",
+    "required": False,
+    "description": "Binary tensor data extension: the length in bytes of the JSON request at the "
+    "start of the body; the inputs' binary data follows it (each input's "
+    "parameters.binary_data_size bytes, in the order of `inputs`). Without it the whole body is "
+    "JSON. With Content-Encoding, the length of the decompressed JSON.",
+    "schema": {"type": "integer", "minimum": 0},
+}
 
 
 def openapi_document(
@@ -57,8 +68,17 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         "responses": _responses(endpoint),
     }
     names = re.findall(r"\{(\w+)\}", endpoint.path)
-    if names:
-        operation["parameters"] = [_path_parameter(name) for name in names]
+    parameters = [_path_parameter(name) for name in names]
+    if endpoint.docs.get("binary"):
+        parameters.append(HEADER_LENGTH_PARAMETER)
+    for name, description in endpoint.docs.get("query", {}).items():
+        schema = {"type": "string", "title": name.title(), "description": description}
+        parameters.append(
+            {"name": name, "in": "query", "required": False, "description": description,
+             "schema": schema}
+        )  # fmt: skip
+    if parameters:
+        operation["parameters"] = parameters
     if endpoint.request_schema is not None:
         operation["requestBody"] = _request_body(endpoint)
     return operation
@@ -101,6 +121,12 @@ def _responses(endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.docs.get("binary"):
         content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
         ok["description"] = f"Successful Response. {BINARY_ANSWER}"
+        ok["headers"] = {
+            HEADER_LENGTH: {
+                "description": "Present when binary outputs follow the JSON: its length in bytes.",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        }
     if endpoint.docs.get("stream"):
         content["text/event-stream"] = {"schema": {"type": "string"}}
         ok["description"] = f"Successful Response. {STREAM_ANSWER}"

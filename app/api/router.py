@@ -9,6 +9,7 @@ table does not hold (the docs pages, the OpenAPI document) goes on to FastAPI.""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from app.api.http import (
     HttpResponse,
     HttpStream,
     ascii_uint,
+    compress,
+    content_coding,
     disconnect_waiter,
     error_body,
     header,
@@ -65,7 +68,9 @@ class Call:
         return header(self.scope["headers"], name)
 
     async def body(self) -> bytes:
-        return await receive_body(self.receive, self.settings.max_body_bytes)
+        """The body, decompressed as its Content-Encoding says (the limit applies after)."""
+        coding = content_coding(self.header(b"content-encoding"))
+        return await receive_body(self.receive, self.settings.max_body_bytes, coding)
 
 
 Handler = Callable[[Call], Awaitable[HttpResponse | HttpStream]]
@@ -82,6 +87,7 @@ class Endpoint:
     tags: tuple[str, ...]
     auth: Auth = "user"
     inference: bool = False  # reads the deadline header and watches for a disconnect
+    metric: str = ""  # inference: its requests' `endpoint` label (predict, score, infer)
     served_while_draining: bool = False  # health and metrics answer during shutdown
     invalid_input_status: int = InvalidInput.status  # the Open Inference Protocol answers 400
     error_format: ErrorFormat = error_body  # the protocol's error body from (message, code)
@@ -94,38 +100,83 @@ class Endpoint:
     operation: str = ""  # its name in the OpenAPI operationId; the handler's name by default
 
 
+# A path segment of a template: a literal, or a parameter with the literal text around it
+# ("{name}", or "{name}:predict" as KServe's v1 protocol writes its verbs).
+_PARAMETER = re.compile(r"^([^{}]*)\{(\w+)\}([^{}]*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Parameter:
+    prefix: bytes
+    suffix: bytes
+
+    def value(self, segment: bytes) -> bytes | None:
+        """The parameter's part of the segment; None when the segment does not fit (the value
+        may not be empty)."""
+        inner = len(segment) - len(self.prefix) - len(self.suffix)
+        if inner <= 0 or not (segment.startswith(self.prefix) and segment.endswith(self.suffix)):
+            return None
+        return segment[len(self.prefix) : len(self.prefix) + inner]
+
+
 @dataclass(frozen=True, slots=True)
 class _Pattern:
     endpoint: Endpoint
-    segments: tuple[str | None, ...]  # None: a parameter
+    segments: tuple[bytes | _Parameter, ...]
     names: tuple[str, ...]
+    # Fewer parameters, then more literal bytes, rank first: /v2/models/stats before
+    # /v2/models/{name}, and /v1/models/{name}:predict before /v1/models/{name}.
+    rank: tuple[int, int]
+
+
+def _pattern(endpoint: Endpoint) -> _Pattern:
+    segments: list[bytes | _Parameter] = []
+    names: list[str] = []
+    literal = 0
+    for part in endpoint.path.strip("/").split("/"):
+        found = _PARAMETER.match(part)
+        if found is None:
+            segments.append(part.encode())
+            literal += len(part)
+            continue
+        segments.append(_Parameter(found.group(1).encode(), found.group(3).encode()))
+        names.append(found.group(2))
+        literal += len(found.group(1)) + len(found.group(3))
+    return _Pattern(endpoint, tuple(segments), tuple(names), (len(names), -literal))
 
 
 class Routes:
-    """The table, indexed for matching by segment count."""
+    """The table, indexed for matching by segment count, the most specific pattern first."""
 
     def __init__(self, endpoints: list[Endpoint]) -> None:
         self.endpoints = endpoints
         self._by_length: dict[int, list[_Pattern]] = {}
         for endpoint in endpoints:
-            parts = endpoint.path.strip("/").split("/")
-            segments = tuple(None if p.startswith("{") else p for p in parts)
-            names = tuple(p[1:-1] for p in parts if p.startswith("{"))
-            self._by_length.setdefault(len(parts), []).append(_Pattern(endpoint, segments, names))
+            pattern = _pattern(endpoint)
+            self._by_length.setdefault(len(pattern.segments), []).append(pattern)
+        for patterns in self._by_length.values():
+            patterns.sort(key=lambda p: p.rank)
 
     def match(self, method: str, raw_path: bytes) -> tuple[Endpoint, dict[str, str]] | None:
-        """The endpoint and its path parameters; None when no path matches. A path that matches
-        with another method raises MethodNotAllowed. HEAD is served by the GET endpoint."""
+        """The endpoint and its path parameters; None when no path matches. The path is the
+        resource of the most specific templates it fits (/v1/models/x:predict is not model
+        "x:predict"); a method they do not have raises MethodNotAllowed. HEAD is served by the
+        GET endpoint."""
         method = "GET" if method == "HEAD" else method
         parts = raw_path.strip(b"/").split(b"/")
         allowed: list[str] = []
+        rank: tuple[int, int] | None = None
         for pattern in self._by_length.get(len(parts), ()):
+            if rank is not None and pattern.rank != rank:
+                break  # a less specific template: another resource
             params = _bind(pattern, parts)
             if params is None:
                 continue
+            rank = pattern.rank
             if pattern.endpoint.method == method:
                 return pattern.endpoint, params
-            allowed.append(pattern.endpoint.method)
+            if pattern.endpoint.method not in allowed:
+                allowed.append(pattern.endpoint.method)
         if allowed:
             allowed += ["HEAD"] if "GET" in allowed else []
             raise MethodNotAllowed(
@@ -138,12 +189,14 @@ class Routes:
 def _bind(pattern: _Pattern, parts: list[bytes]) -> dict[str, str] | None:
     values: list[str] = []
     for want, got in zip(pattern.segments, parts, strict=True):
-        if want is None:
-            if not got:
+        if isinstance(want, bytes):
+            if got != want:
                 return None
-            values.append(unquote(got.decode("latin-1"), errors="replace"))
-        elif got != want.encode():
+            continue
+        value = want.value(got)
+        if value is None:
             return None
+        values.append(unquote(value.decode("latin-1"), errors="replace"))
     return dict(zip(pattern.names, values, strict=True))
 
 
@@ -192,7 +245,7 @@ class HttpFront:
             await self._dispatch(scope, receive, send_with_id, ctx)
         finally:
             seconds = time.perf_counter() - started
-            self.accounting.record(ctx, scope["method"], scope["path"], status, seconds)
+            self.accounting.record(ctx, scope["method"], scope["path"], status, seconds, "http")
 
     async def _dispatch(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
@@ -230,6 +283,7 @@ class HttpFront:
         if isinstance(response, HttpStream):
             await send_stream(send, response, [])
         else:
+            response = compress(response, header(scope["headers"], b"accept-encoding"))
             await send_response(send, response, [], with_body=scope["method"] != "HEAD")
 
     def _refuse_early(self, scope: Scope) -> None:
@@ -259,6 +313,7 @@ class HttpFront:
     ) -> HttpResponse | HttpStream:
         if endpoint.method == "POST":
             _check_content_type(header(scope["headers"], b"content-type"), endpoint.binary_body)
+            content_coding(header(scope["headers"], b"content-encoding"))  # 415 before auth
         authorization = header(scope["headers"], b"authorization")
         if endpoint.auth == "user" or (
             endpoint.auth == "metrics" and self.settings.protect_metrics
@@ -267,6 +322,7 @@ class HttpFront:
         elif endpoint.auth == "admin":
             check_bearer(authorization, self.keys.admin)
         if endpoint.inference:
+            ctx.endpoint = endpoint.metric  # counted even if the model turns out unknown
             ctx.deadline = deadline_from(header(scope["headers"], b"x-request-timeout-ms"))
             ctx.disconnected = disconnect_waiter(receive)
         return await endpoint.handler(Call(self.plane, self.settings, params, ctx, scope, receive))

@@ -3,14 +3,16 @@ it reports back about the work done for it (for the access log and the metrics).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
 @dataclass(slots=True)
 class RequestContext:
     request_id: str = ""
+    received_ns: int = field(default_factory=time.perf_counter_ns)  # when the request arrived
     deadline: float | None = None  # time.monotonic() by which the work must have started
     disconnected: Callable[[], Awaitable[Any]] | None = None  # completes if the client leaves
     # Filled in by the data plane as the request is served.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from app.errors import (
     ServiceError,
     WrongEndpoint,
 )
-from app.serving.batcher import WorkItem
+from app.serving.batcher import BatchReport, WorkItem
 from app.serving.completions import (
     ChoiceStream,
     CompletionChoice,
@@ -42,8 +42,10 @@ from app.serving.results import (
     Readiness,
     Scores,
     VersionInfo,
+    VersionStatistics,
 )
 from app.serving.servables import SequenceScorer, Task
+from app.serving.stats import Statistics
 from app.settings import Settings
 
 
@@ -52,6 +54,7 @@ class Lifecycle:
     """Shared by the SIGTERM handler, the transports and the readiness check."""
 
     draining: bool = False  # set on SIGTERM: new requests are refused, accepted ones finish
+    starting: bool = False  # while the repository's models load at start-up: not ready yet
 
 
 class DataPlane:
@@ -59,6 +62,7 @@ class DataPlane:
         self.settings = settings
         self.registry = registry
         self.lifecycle = lifecycle
+        self.stats = Statistics()
 
     # -- inference ----------------------------------------------------------------------------
     def require(self, name: str, version: str | None) -> None:
@@ -80,16 +84,19 @@ class DataPlane:
         self, model: LoadedModel, raw_items: Sequence[Any], ctx: RequestContext, field: str
     ) -> Classification:
         """Class probabilities for each item; `field` names the items in error messages."""
-        items = _parse(model, "classify", raw_items, field)
-        results = await self._run(model, items, ctx, field)
+        results = await self._infer(
+            model, lambda: _parse(model, "classify", raw_items, field), ctx, field
+        )
         return Classification(model.name, model.version, model.config.labels, results)
 
     async def score(
         self, model: LoadedModel, raw_items: Sequence[Any], ctx: RequestContext, field: str
     ) -> Scores:
         """ln P of each whole string, end-of-sequence included."""
-        items = _parse(model, "score", raw_items, field)
-        return Scores(model.name, model.version, await self._run(model, items, ctx, field))
+        results = await self._infer(
+            model, lambda: _parse(model, "score", raw_items, field), ctx, field
+        )
+        return Scores(model.name, model.version, results)
 
     async def score_pairs(
         self,
@@ -100,14 +107,36 @@ class DataPlane:
     ) -> Scores:
         """ln P(continuation | context) of each (context, continuation), and whether the
         continuation is the model's greedy choice."""
-        _expect(model, "score")
-        servable = model.servable
-        assert isinstance(servable, SequenceScorer)
-        items = [
-            servable.parse_pair(context, continuation, f"{field}[{i}]")
-            for i, (context, continuation) in enumerate(pairs)
-        ]
-        return Scores(model.name, model.version, await self._run(model, items, ctx, field))
+
+        def parse() -> list[Any]:
+            _expect(model, "score")
+            servable = model.servable
+            assert isinstance(servable, SequenceScorer)
+            return [
+                servable.parse_pair(context, continuation, f"{field}[{i}]")
+                for i, (context, continuation) in enumerate(pairs)
+            ]
+
+        return Scores(model.name, model.version, await self._infer(model, parse, ctx, field))
+
+    async def _infer(
+        self,
+        model: LoadedModel,
+        parse: Callable[[], list[Any]],
+        ctx: RequestContext,
+        field: str,
+    ) -> list[Any]:
+        """Check the items, run them, and count the request in the version's statistics."""
+        try:
+            started_ns = time.perf_counter_ns()
+            items = parse()
+            input_ns = time.perf_counter_ns() - started_ns
+            results = await self._run(model, items, ctx, field)
+        except BaseException:  # cancelled or disconnected clients included
+            self.stats.failed(ctx)
+            raise
+        self.stats.succeeded(ctx, input_ns)
+        return results
 
     async def _run(
         self, model: LoadedModel, items: Sequence[Any], ctx: RequestContext, field: str
@@ -224,6 +253,10 @@ class DataPlane:
         least one model has. Never while shutting down."""
         if self.lifecycle.draining:
             return Readiness(False, "the server is shutting down")
+        if self.lifecycle.starting:
+            # Models not yet scanned are not in the registry: without this, the first one
+            # loaded would make the server look ready.
+            return Readiness(False, "the server is starting: its models are loading")
         missing = self.registry.not_ready()
         if not missing:
             return Readiness(True)
@@ -239,6 +272,30 @@ class DataPlane:
                 busy = _busy(entry.loaded) if entry.loaded else 0
                 rows.append((name, entry.version, busy, entry.state))
         return rows
+
+    # -- statistics ---------------------------------------------------------------------------
+    def observe_batch(self, model: LoadedModel, report: BatchReport) -> None:
+        """One forward pass of `model` (called by the batcher's observer)."""
+        self.stats.observe_batch(model.name, model.version, report)
+
+    def statistics(
+        self, name: str | None = None, version: str | None = None
+    ) -> list[VersionStatistics]:
+        """The counters of one version, of every ready version of a model (no version named),
+        or of every ready version of every model (no name)."""
+        if name is None:
+            names = self.registry.names()
+        else:
+            names = [name]
+            if version is not None:
+                self.registry.find(name, version)  # 404 for an unknown version
+                return [self.stats.of(name, version)]
+        return [
+            self.stats.of(entry.name, entry.version)
+            for each in names
+            for entry in self.registry.versions(each)
+            if entry.ready
+        ]
 
     # -- the model repository -----------------------------------------------------------------
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:

@@ -4,7 +4,7 @@ Inference Protocol into tensors, gRPC into protobuf messages."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from models.checkpoint import ModelConfig
@@ -111,3 +111,37 @@ class IndexEntry:
 class Readiness:
     ready: bool
     reason: str | None = None
+
+
+@dataclass(slots=True)
+class Duration:
+    """How many times something happened and how long it took in all, in nanoseconds."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += ns
+
+
+@dataclass(slots=True)
+class VersionStatistics:
+    """What one model version has done since it was first loaded, in Triton's statistics terms:
+    `success`, `fail`, `queue` and the `compute_*` durations count requests (success.ns is the
+    time from a request's arrival to its answer; queue.ns the longest wait of its items);
+    `inference_count` counts items computed and `execution_count` forward passes; `batches` maps
+    a batch size to the forward passes of that size and their compute time."""
+
+    name: str
+    version: str
+    last_inference_ms: int = 0  # milliseconds since the epoch; 0 = never
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)  # checking the request's items
+    compute_infer: Duration = field(default_factory=Duration)  # the forward pass(es)
+    compute_output: Duration = field(default_factory=Duration)  # encoding: the transport's
+    batches: dict[int, Duration] = field(default_factory=dict)

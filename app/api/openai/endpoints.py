@@ -323,5 +323,9 @@ def table() -> list[Endpoint]:
             request_schema=None,
             response_schema=TokenizerInfo,
             errors={s: errors[s] for s in (400, 401, 404, 503)},
+            docs={
+                "error_schema": OpenAIError,
+                "query": {"model": "The language model (default: the server's only one)."},
+            },
         ),
     ]

@@ -53,6 +53,7 @@ def _metadata(info: VersionInfo) -> dict[str, Any]:
         "version": info.version,
         "versions": info.versions,
         "state": info.state,
+        "ready": info.state == "ready",  # what KServe's v1 client reads
         "reason": info.reason,
         "device": info.device,
         "checkpoint_sha256": info.checkpoint_sha256,
@@ -163,6 +164,7 @@ def table() -> list[Endpoint]:
         "Classify items",
         tags,
         inference=True,
+        metric="predict",
         request_schema=PredictRequest,
         response_schema=PredictResponse,
         errors=_INFERENCE_ERRORS,
@@ -172,6 +174,7 @@ def table() -> list[Endpoint]:
         path=f"{models}/score",
         handler=score,
         summary="Score strings with a language model",
+        metric="score",
         request_schema=ScoreRequest,
         response_schema=ScoreResponse,
     )

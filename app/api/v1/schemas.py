@@ -44,6 +44,7 @@ class Prediction(LabelProbability):
 
 
 class PredictResponse(BaseModel):
+    # The shipped names-rnn's answer to the first PredictRequest example (rounded).
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -53,10 +54,24 @@ class PredictResponse(BaseModel):
                     "predictions": [
                         {
                             "label": "JP",
-                            "index": 7,
-                            "probability": 0.98,
-                            "top_k": [{"label": "JP", "index": 7, "probability": 0.98}],
-                        }
+                            "index": 9,
+                            "probability": 0.9948,
+                            "top_k": [
+                                {"label": "JP", "index": 9, "probability": 0.9948},
+                                {"label": "NG", "index": 11, "probability": 0.0036},
+                                {"label": "ES", "index": 2, "probability": 0.0006},
+                            ],
+                        },
+                        {
+                            "label": "PL",
+                            "index": 13,
+                            "probability": 0.9823,
+                            "top_k": [
+                                {"label": "PL", "index": 13, "probability": 0.9823},
+                                {"label": "GR", "index": 6, "probability": 0.0082},
+                                {"label": "DE", "index": 1, "probability": 0.0052},
+                            ],
+                        },
                     ],
                 }
             ]
@@ -108,7 +123,7 @@ class ScoreResponse(BaseModel):
                 {
                     "model": "names-lm",
                     "version": "1",
-                    "scores": [{"log_prob": -12.1, "num_tokens": 8, "perplexity": 4.5}],
+                    "scores": [{"log_prob": -17.81, "num_tokens": 8, "perplexity": 9.27}],
                 }
             ]
         }
@@ -137,6 +152,9 @@ class ModelMetadata(BaseModel):
     version: str
     versions: list[str]
     state: str
+    ready: bool | None = Field(
+        None, description="Whether this version serves now (what KServe's v1 client reads)."
+    )
     reason: str | None = None
     task: str | None = None
     device: str | None = None

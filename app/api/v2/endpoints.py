@@ -8,15 +8,18 @@ from dataclasses import replace
 from typing import Any
 
 from app import __version__
+from app.api import triton
 from app.api.http import HttpResponse, json_response, parse_json
 from app.api.router import Call, Endpoint
-from app.api.v2 import codec
+from app.api.v2 import codec, tensors
 from app.api.v2.schemas import (
     InferRequestV2,
     InferResponseV2,
     Liveness,
+    ModelConfigV2,
     ModelMetadataV2,
     ModelReadiness,
+    ModelStatisticsV2,
     Readiness,
     RepositoryControlRequest,
     RepositoryIndexEntry,
@@ -26,8 +29,11 @@ from app.api.v2.schemas import (
     ServerMetadata,
 )
 from app.errors import LoadRequestFailed, MalformedRequest
+from app.settings import Settings
 
 BINARY_TENSOR_DATA, MODEL_REPOSITORY = "binary_tensor_data", "model_repository"
+CLASSIFICATION, STATISTICS = "classification", "statistics"
+MODEL_CONFIGURATION = "model_configuration"
 SERVER_NAME = "batchserve"
 
 _AUTH = {401: "Missing or wrong API key", 503: "Shutting down"}
@@ -46,11 +52,18 @@ _ADMIN = {400: "Malformed body", 401: "Missing or wrong admin key", 503: "Shutti
 # -- server -----------------------------------------------------------------------------------
 
 
+def extensions(settings: Settings) -> list[str]:
+    """The protocol extensions served, on HTTP and gRPC alike (perf_analyzer reads statistics
+    only when it is listed here)."""
+    served = [BINARY_TENSOR_DATA, CLASSIFICATION, STATISTICS, MODEL_CONFIGURATION]
+    if settings.admin_api_key is not None:
+        served.append(MODEL_REPOSITORY)
+    return served
+
+
 async def server_metadata(call: Call) -> HttpResponse:
-    extensions = [BINARY_TENSOR_DATA]
-    if call.settings.admin_api_key is not None:
-        extensions.append(MODEL_REPOSITORY)
-    return json_response({"name": SERVER_NAME, "version": __version__, "extensions": extensions})
+    served = extensions(call.settings)
+    return json_response({"name": SERVER_NAME, "version": __version__, "extensions": served})
 
 
 async def live(call: Call) -> HttpResponse:
@@ -98,16 +111,11 @@ async def infer(call: Call) -> HttpResponse:
     max_values = settings.max_items_per_request * model.servable.max_item_values
     length = call.header(codec.HEADER_LENGTH.lower().encode())
     header, binary = codec.split_body(body, length, max_values)
-    tensors = codec.signature(model.config)
-    request = codec.decode_request(header, binary, tensors, settings.max_items_per_request)
-    field = request.input_name
-    if model.task == "score":
-        outputs = codec.score_outputs(await plane.score(model, request.rows, ctx, field), field)
-    else:
-        outputs = codec.classify_outputs(await plane.classify(model, request.rows, ctx, field))
-    content, header_length = codec.encode_response(
-        (model.name, model.version), request, outputs, tensors
-    )
+    signature = tensors.signature(model.config)
+    request = codec.decode_request(header, binary, signature, settings.max_items_per_request)
+    outputs = await tensors.infer(plane, model, request.items, ctx)
+    answer = tensors.output_tensors(outputs, request.outputs, signature, model.config.labels)
+    content, header_length = codec.encode_response((model.name, model.version), request.id, answer)
     if header_length is None:
         return HttpResponse(content)
     return HttpResponse(
@@ -115,6 +123,19 @@ async def infer(call: Call) -> HttpResponse:
         content_type=b"application/octet-stream",
         headers={codec.HEADER_LENGTH: str(header_length)},
     )
+
+
+# -- Triton's extensions: model configuration and statistics ----------------------------------
+
+
+async def model_config(call: Call) -> HttpResponse:
+    info = call.plane.describe(call.params["name"], call.params.get("version"))
+    return json_response(triton.as_json(triton.model_config(info)))
+
+
+async def model_statistics(call: Call) -> HttpResponse:
+    rows = call.plane.statistics(call.params.get("name"), call.params.get("version"))
+    return json_response(triton.as_json(triton.model_statistics(rows)))
 
 
 # -- model repository (only with BATCHSERVE_ADMIN_API_KEY) -------------------------------------
@@ -209,6 +230,7 @@ def table(with_repository: bool) -> list[Endpoint]:
         "Infer with the newest ready version",
         tags,
         inference=True,
+        metric="infer",
         invalid_input_status=400,
         binary_body=True,
         request_schema=InferRequestV2,
@@ -257,9 +279,55 @@ def table(with_repository: bool) -> list[Endpoint]:
             operation="infer_version",
         ),
     ]
+    table += _triton_endpoints(metadata)
     if with_repository:
         table += _repository_endpoints()
     return table
+
+
+def _triton_endpoints(metadata: Endpoint) -> list[Endpoint]:
+    """Triton's model configuration and statistics extensions (tritonclient, perf_analyzer)."""
+    models, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
+    config = replace(
+        metadata,
+        path=f"{models}/config",
+        handler=model_config,
+        summary="Model configuration (Triton's): tensors, max_batch_size, dynamic batching",
+        response_schema=ModelConfigV2,
+        errors={**_MODEL, 503: "The version is not loaded, or shutting down"},
+    )
+    stats = replace(
+        metadata,
+        path="/v2/models/stats",
+        handler=model_statistics,
+        summary="Inference statistics of every ready model version (Triton's extension)",
+        response_schema=ModelStatisticsV2,
+        errors=_AUTH,
+    )
+    return [
+        config,
+        replace(
+            config,
+            path=f"{versioned}/config",
+            summary="Model version configuration (Triton's)",
+            operation="version_config",
+        ),
+        stats,
+        replace(
+            stats,
+            path=f"{models}/stats",
+            summary="Inference statistics of a model's ready versions",
+            errors=_MODEL,
+            operation="model_statistics_of",
+        ),
+        replace(
+            stats,
+            path=f"{versioned}/stats",
+            summary="Inference statistics of one model version",
+            errors=_MODEL,
+            operation="version_statistics",
+        ),
+    ]
 
 
 def _repository_endpoints() -> list[Endpoint]:

@@ -25,7 +25,13 @@ class ServerMetadata(BaseModel):
                 {
                     "name": "batchserve",
                     "version": "0.1.0",
-                    "extensions": ["binary_tensor_data", "model_repository"],
+                    "extensions": [
+                        "binary_tensor_data",
+                        "classification",
+                        "statistics",
+                        "model_configuration",
+                        "model_repository",
+                    ],
                 }
             ]
         }
@@ -103,7 +109,10 @@ class RequestInput(BaseModel):
 class RequestOutput(BaseModel):
     name: str
     parameters: dict[str, Any] | None = Field(
-        None, description="binary_data: true to receive this output as binary data."
+        None,
+        description="binary_data: true to receive this output as binary data. classification: N "
+        "to receive, instead of the output, its N largest elements per row as BYTES strings "
+        '"value:index:label" (":label" only for outputs with labels), largest first.',
     )
 
 
@@ -179,3 +188,88 @@ class RepositoryLoadResponse(BaseModel):
 class RepositoryUnloadResponse(BaseModel):
     name: str
     state: str
+
+
+class ConfigTensor(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    data_type: str = Field(description="TYPE_FP32, TYPE_INT32 or TYPE_STRING (BYTES).")
+    dims: list[int] = Field(description="Without the batch dimension; one string per row is [1].")
+
+
+class ModelConfigV2(BaseModel):
+    """Triton's model configuration (`inference.ModelConfig` as JSON); every other field of
+    that message is present with its default value."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "mnist-mlp",
+                    "platform": "pytorch",
+                    "backend": "pytorch",
+                    "max_batch_size": 256,
+                    "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [784]}],
+                    "output": [
+                        {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]},
+                        {"name": "label", "data_type": "TYPE_STRING", "dims": [1]},
+                    ],
+                    "dynamic_batching": {
+                        "max_queue_delay_microseconds": 2000,
+                        "default_queue_policy": {"max_queue_size": 2048},
+                    },
+                    "instance_group": [{"name": "mnist-mlp", "kind": "KIND_CPU", "count": 1}],
+                }
+            ]
+        },
+    )
+    name: str
+    platform: str
+    backend: str
+    max_batch_size: int = Field(description="batchserve's max_batch_size for this model.")
+    input: list[ConfigTensor]
+    output: list[ConfigTensor]
+    dynamic_batching: dict[str, Any] = Field(
+        description="max_queue_delay_microseconds (max_batch_delay_ms) and "
+        "default_queue_policy.max_queue_size."
+    )
+    instance_group: list[dict[str, Any]]
+
+
+class StatisticDuration(BaseModel):
+    count: int
+    ns: int = Field(description="Nanoseconds, summed over `count`.")
+
+
+class InferStatistics(BaseModel):
+    success: StatisticDuration = Field(description="Requests answered; ns from arrival to answer.")
+    fail: StatisticDuration
+    queue: StatisticDuration = Field(description="Per request, the longest wait of its items.")
+    compute_input: StatisticDuration = Field(description="Checking the request's items.")
+    compute_infer: StatisticDuration = Field(description="The forward pass the items were in.")
+    compute_output: StatisticDuration
+    cache_hit: StatisticDuration
+    cache_miss: StatisticDuration
+
+
+class BatchStatistics(BaseModel):
+    batch_size: int
+    compute_input: StatisticDuration
+    compute_infer: StatisticDuration = Field(description="Forward passes of this size.")
+    compute_output: StatisticDuration
+
+
+class VersionStatisticsV2(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    version: str
+    last_inference: int = Field(description="Milliseconds since the epoch; 0 = never.")
+    inference_count: int = Field(description="Items computed.")
+    execution_count: int = Field(description="Forward passes.")
+    inference_stats: InferStatistics
+    batch_stats: list[BatchStatistics]
+
+
+class ModelStatisticsV2(BaseModel):
+    model_stats: list[VersionStatisticsV2]
