@@ -24,6 +24,18 @@ BINARY_BODY = (
     "With the binary tensor data extension: the JSON request, then each input's binary data in "
     "the order of `inputs`; the Inference-Header-Content-Length header gives the JSON's length."
 )
+# One server-sent event (the schema describes each event of the stream).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A chunk in the answer's shape, as JSON; `[DONE]` ends the stream.",
+        },
+        "event": {"type": "string"},
+    },
+    "required": ["data"],
+}
 STREAM_ANSWER = (
     "With stream: server-sent events, `data: <a chunk in the response's shape>` per generated "
     "token, then `data: [DONE]`."
@@ -128,7 +140,7 @@ def _responses(endpoint: Endpoint) -> dict[str, Any]:
             }
         }
     if endpoint.docs.get("stream"):
-        content["text/event-stream"] = {"schema": {"type": "string"}}
+        content["text/event-stream"] = {"schema": SSE_EVENT}
         ok["description"] = f"Successful Response. {STREAM_ANSWER}"
     responses: dict[str, Any] = {"200": ok}
     error = {
