@@ -22,6 +22,8 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 END_OF_HEAD = b"\r\n\r\n"
+# The ASGI scope extension whose "gone" a request calls to ask: has its client left?
+CONNECTION_GONE = "batchserve.connection_gone"
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux
 
 
@@ -144,6 +146,9 @@ def limited_protocol(
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._start_timer(limits.body_timeout_s, "body")
+            # Polled by the batcher before it computes an item, instead of a task per request
+            # waiting for http.disconnect. uvicorn closes the transport when the peer leaves.
+            self.scope["extensions"] = {CONNECTION_GONE: {"gone": self.transport.is_closing}}
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:

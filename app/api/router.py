@@ -19,6 +19,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.connections import CONNECTION_GONE
 from app.api.context import Accounting, Keys, RequestIds, check_bearer, deadline_from
 from app.api.http import (
     ErrorFormat,
@@ -324,7 +325,13 @@ class HttpFront:
         if endpoint.inference:
             ctx.endpoint = endpoint.metric  # counted even if the model turns out unknown
             ctx.deadline = deadline_from(header(scope["headers"], b"x-request-timeout-ms"))
-            ctx.disconnected = disconnect_waiter(receive)
+            # batchserve's own connections can be asked whether the client left; under another
+            # ASGI server a task has to wait for http.disconnect instead.
+            gone = scope.get("extensions", {}).get(CONNECTION_GONE, {}).get("gone")
+            if gone is not None:
+                ctx.client_gone = gone
+            else:
+                ctx.disconnected = disconnect_waiter(receive)
         return await endpoint.handler(Call(self.plane, self.settings, params, ctx, scope, receive))
 
 

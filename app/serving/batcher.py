@@ -13,6 +13,7 @@ from typing import Any
 
 from app.errors import (
     DEADLINE_PASSED,
+    ClientDisconnected,
     DeadlineExceeded,
     DeadlineTooShort,
     ItemFailed,
@@ -20,6 +21,8 @@ from app.errors import (
     QueueFull,
     ServiceError,
 )
+
+CLIENT_GONE = ClientDisconnected("the client disconnected before its answer was ready")
 
 
 @dataclass(slots=True)
@@ -29,6 +32,7 @@ class WorkItem:
     tokens: int
     enqueued_at: float
     deadline: float | None
+    gone: Callable[[], bool] | None = None  # the client left: not worth computing
     started: bool = False
     batch_size: int = 0  # filled in when its batch ran, for the access log
     queue_s: float = 0.0
@@ -120,6 +124,14 @@ class DynamicBatcher:
                 item.future.cancel()
         self._queue = deque(w for w in self._queue if not w.future.done())
 
+    def expire(self, work: Sequence[WorkItem]) -> None:
+        """The deadline of `work` passed: its items not started fail with DeadlineExceeded, and
+        their queue places are freed at once."""
+        for item in work:
+            if not item.started and not item.future.done():
+                item.future.set_exception(DeadlineExceeded(DEADLINE_PASSED))
+        self._queue = deque(w for w in self._queue if not w.future.done())
+
     def check_room(self, items: int = 1, deadline: float | None = None) -> None:
         """Raise QueueFull unless `items` more fit, and, for a request with a deadline, unless
         they can be expected to be answered by then (otherwise they would be computed for a
@@ -157,13 +169,20 @@ class DynamicBatcher:
                 headers={"Retry-After": str(limits.retry_after_s)},
             )
 
-    def submit(self, payloads: Sequence[Any], deadline: float | None = None) -> list[WorkItem]:
-        """Queue the items of one request; all or none: a full queue raises QueueFull at once."""
+    def submit(
+        self,
+        payloads: Sequence[Any],
+        deadline: float | None = None,
+        gone: Callable[[], bool] | None = None,
+    ) -> list[WorkItem]:
+        """Queue the items of one request; all or none: a full queue raises QueueFull at once.
+        `gone()`, when given, says that the client left (its items are then dropped)."""
         self.check_room(len(payloads), deadline)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
+        tokens = self.item_tokens
         work = [
-            WorkItem(payload, loop.create_future(), self.item_tokens(payload), now, deadline)
+            WorkItem(payload, loop.create_future(), tokens(payload), now, deadline, gone)
             for payload in payloads
         ]
         self._queue.extend(work)
@@ -210,6 +229,10 @@ class DynamicBatcher:
             if item.deadline is not None and now > item.deadline:
                 self._queue.popleft()
                 item.future.set_exception(DeadlineExceeded(DEADLINE_PASSED))
+                continue
+            if item.gone is not None and item.gone():
+                self._queue.popleft()
+                item.future.set_exception(CLIENT_GONE)
                 continue
             if batch and limits.max_batch_tokens and tokens + item.tokens > limits.max_batch_tokens:
                 break

@@ -14,7 +14,11 @@ class RequestContext:
     request_id: str = ""
     received_ns: int = field(default_factory=time.perf_counter_ns)  # when the request arrived
     deadline: float | None = None  # time.monotonic() by which the work must have started
-    disconnected: Callable[[], Awaitable[Any]] | None = None  # completes if the client leaves
+    # How the core learns that the client left: `client_gone()` is a cheap poll (the batcher
+    # asks it before computing an item) where the transport offers one; otherwise
+    # `disconnected()` completes when the client leaves, and a task has to wait on it.
+    client_gone: Callable[[], bool] | None = None
+    disconnected: Callable[[], Awaitable[Any]] | None = None
     # Filled in by the data plane as the request is served.
     endpoint: str = ""
     model: str = ""  # set only once the model is known: unknown names never become labels
@@ -24,7 +28,3 @@ class RequestContext:
     queue_ms: float = 0.0
     compute_ms: float = 0.0
     error: str = ""  # the error's code, when the request failed
-
-    def worked(self) -> bool:
-        """Whether any item of this request reached the batcher."""
-        return self.items > 0

@@ -10,6 +10,7 @@ the body is already read, so a version swap cannot slip in between."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from app.errors import (
     ServiceError,
     WrongEndpoint,
 )
-from app.serving.batcher import BatchReport, WorkItem
+from app.serving.batcher import BatchReport, DynamicBatcher, WorkItem
 from app.serving.completions import (
     ChoiceStream,
     CompletionChoice,
@@ -143,10 +144,10 @@ class DataPlane:
     ) -> list[Any]:
         """Queue the items, wait for all of them, and return their results in order."""
         batcher = model.batcher
-        work = batcher.submit(items, ctx.deadline)
+        work = batcher.submit(items, ctx.deadline, ctx.client_gone)
         futures = [w.future for w in work]
         try:
-            await _wait(work, ctx)
+            await _wait(batcher, work, ctx)
         finally:
             if not all(f.done() for f in futures):
                 batcher.discard(work)  # dropped before compute, and out of the queue's count
@@ -198,7 +199,7 @@ class DataPlane:
         scorer, generator = _scorer(model), model.generator
         assert generator is not None
         requests = sequence_requests(request, scorer.vocab, scorer.max_length)
-        sequences = generator.submit(requests, ctx.deadline)
+        sequences = generator.submit(requests, ctx.deadline, ctx.client_gone)
         ctx.items = len(sequences)
         return [ChoiceStream(s, i, request, scorer.vocab) for i, s in enumerate(sequences)]
 
@@ -363,24 +364,51 @@ def _version_info(entry: ModelVersion, versions: list[str]) -> VersionInfo:
     )
 
 
-async def _wait(work: list[WorkItem], ctx: RequestContext) -> None:
+async def _wait(batcher: DynamicBatcher, work: list[WorkItem], ctx: RequestContext) -> None:
+    """Until every item is answered, its deadline dropped it, or (watching `disconnected`, where
+    the transport has no cheap `client_gone`) the client left."""
+    disconnected = ctx.disconnected
+    if disconnected is None:
+        await _wait_polled(batcher, work, ctx.deadline)
+        return
     futures = [w.future for w in work]
     waiter: asyncio.Future[Any] = (
         futures[0] if len(futures) == 1 else asyncio.gather(*futures, return_exceptions=True)
     )
-    watcher = asyncio.ensure_future(ctx.disconnected()) if ctx.disconnected else None
+    watcher = asyncio.ensure_future(disconnected())
     timeout = None if ctx.deadline is None else max(0.0, ctx.deadline - time.monotonic())
-    pending = {waiter} if watcher is None else {waiter, watcher}
     try:
-        done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {waiter, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        watcher.cancel()
     if waiter in done:
         return
-    if watcher is not None and watcher in done:
+    if watcher in done:
         raise ClientDisconnected("the client disconnected before its answer was ready")
     # The deadline passed: what has not started is dropped; what has started is waited for.
     if any(not w.started and not w.future.done() for w in work):
         raise DeadlineExceeded(DEADLINE_PASSED)
     await asyncio.wait(futures)
+
+
+async def _wait_polled(
+    batcher: DynamicBatcher, work: list[WorkItem], deadline: float | None
+) -> None:
+    """The common path: no task watching the connection (the batcher polls `client_gone`), and
+    a timer only when there is a deadline, which drops the items not started by then."""
+    timer = None
+    if deadline is not None:
+        delay = max(0.0, deadline - time.monotonic())
+        timer = asyncio.get_running_loop().call_later(delay, batcher.expire, work)
+    try:
+        if len(work) == 1:
+            with contextlib.suppress(Exception):  # the item's error is read by the caller
+                await work[0].future
+        else:
+            await asyncio.gather(*(w.future for w in work), return_exceptions=True)
+    finally:
+        if timer is not None:
+            timer.cancel()
+

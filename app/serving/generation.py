@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 
 from app.errors import DEADLINE_PASSED, DeadlineExceeded, ModelNotReady, QueueFull
+from app.serving.batcher import CLIENT_GONE
 from models.architectures import CharLM
 from models.sampling import SamplingParams, next_tokens
 
@@ -72,6 +73,7 @@ class GeneratingSequence:
 
     request: SequenceRequest
     deadline: float | None
+    gone: Callable[[], bool] | None = None  # the client left
     outputs: asyncio.Queue[StepOutput | BaseException] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     generated: int = 0
@@ -131,7 +133,10 @@ class StepScheduler:
             await asyncio.gather(task, return_exceptions=True)
 
     def submit(
-        self, requests: Sequence[SequenceRequest], deadline: float | None
+        self,
+        requests: Sequence[SequenceRequest],
+        deadline: float | None,
+        gone: Callable[[], bool] | None = None,
     ) -> list[GeneratingSequence]:
         """Queue the sequences of one request, all or none."""
         if self._task is None:
@@ -142,7 +147,7 @@ class StepScheduler:
                 "waiting); retry later",
                 headers={"Retry-After": "1"},
             )
-        sequences = [GeneratingSequence(request, deadline) for request in requests]
+        sequences = [GeneratingSequence(request, deadline, gone) for request in requests]
         self._waiting.extend(sequences)
         self._wakeup.set()
         return sequences
@@ -155,7 +160,7 @@ class StepScheduler:
                 await self._wakeup.wait()
                 continue
             joining = self._admit()
-            keep = [i for i, s in enumerate(self._running) if not s.cancelled]
+            keep = [i for i, s in enumerate(self._running) if self._live(s)]
             self._running = [self._running[i] for i in keep]
             started = time.monotonic()
             try:
@@ -177,13 +182,24 @@ class StepScheduler:
         joining: list[GeneratingSequence] = []
         while self._waiting and len(self._running) + len(joining) < self.max_running:
             sequence = self._waiting.popleft()
-            if sequence.cancelled:
+            if not self._live(sequence):
                 continue
             if sequence.deadline is not None and now > sequence.deadline:
                 sequence.outputs.put_nowait(DeadlineExceeded(DEADLINE_PASSED))
                 continue
             joining.append(sequence)
         return joining
+
+    @staticmethod
+    def _live(sequence: GeneratingSequence) -> bool:
+        """Still wanted: not cancelled, and its client (where that can be asked) still there."""
+        if sequence.cancelled:
+            return False
+        if sequence.gone is not None and sequence.gone():
+            sequence.cancel()
+            sequence.outputs.put_nowait(CLIENT_GONE)
+            return False
+        return True
 
     def _deliver(self, sequences: list[GeneratingSequence], outputs: list[StepOutput]) -> None:
         running = []
