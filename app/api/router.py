@@ -23,6 +23,7 @@ from app.api.connections import CONNECTION_GONE
 from app.api.context import Accounting, Keys, RequestIds, check_bearer, deadline_from
 from app.api.http import (
     ErrorFormat,
+    Headers,
     HttpResponse,
     HttpStream,
     ascii_uint,
@@ -30,7 +31,6 @@ from app.api.http import (
     content_coding,
     disconnect_waiter,
     error_body,
-    header,
     receive_body,
     send_response,
     send_stream,
@@ -64,9 +64,10 @@ class Call:
     ctx: RequestContext
     scope: Scope
     receive: Receive
+    headers: Headers
 
     def header(self, name: bytes) -> str | None:
-        return header(self.scope["headers"], name)
+        return self.headers.get(name)
 
     async def body(self) -> bytes:
         """The body, decompressed as its Content-Encoding says (the limit applies after)."""
@@ -229,7 +230,8 @@ class HttpFront:
             await self.fallback(scope, receive, send)  # lifespan
             return
         started = time.perf_counter()
-        ctx = RequestContext(self.ids.take(header(scope["headers"], b"x-request-id")))
+        headers = Headers(scope["headers"])
+        ctx = RequestContext(self.ids.take(headers.get(b"x-request-id")))
         status = 500
 
         async def send_with_id(message: Any) -> None:
@@ -243,18 +245,18 @@ class HttpFront:
             await send(message)
 
         try:
-            await self._dispatch(scope, receive, send_with_id, ctx)
+            await self._dispatch(scope, headers, receive, send_with_id, ctx)
         finally:
             seconds = time.perf_counter() - started
             self.accounting.record(ctx, scope["method"], scope["path"], status, seconds, "http")
 
     async def _dispatch(
-        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+        self, scope: Scope, headers: Headers, receive: Receive, send: Send, ctx: RequestContext
     ) -> None:
         endpoint: Endpoint | None = None
         response: HttpResponse | HttpStream
         try:
-            self._refuse_early(scope)
+            self._refuse_early(headers)
             path = _route_path(scope)
             found = self.routes.match(scope["method"], path)
             if found is not None:
@@ -266,7 +268,7 @@ class HttpFront:
                     raise NotFound("Not Found")
                 await self.fallback(scope, receive, send)
                 return
-            response = await self._serve(found[0], found[1], scope, receive, ctx)
+            response = await self._serve(found[0], found[1], scope, headers, receive, ctx)
         except ServiceError as exc:
             ctx.error = exc.code
             status = exc.status
@@ -284,12 +286,12 @@ class HttpFront:
         if isinstance(response, HttpStream):
             await send_stream(send, response, [])
         else:
-            response = compress(response, header(scope["headers"], b"accept-encoding"))
+            response = compress(response, headers.get(b"accept-encoding"))
             await send_response(send, response, [], with_body=scope["method"] != "HEAD")
 
-    def _refuse_early(self, scope: Scope) -> None:
+    def _refuse_early(self, headers: Headers) -> None:
         """Before any routing: a declared body over the limit (413)."""
-        declared = header(scope["headers"], b"content-length")
+        declared = headers.get(b"content-length")
         if declared is None:
             return
         length, limit = ascii_uint(declared), self.settings.max_body_bytes
@@ -309,13 +311,14 @@ class HttpFront:
         endpoint: Endpoint,
         params: dict[str, str],
         scope: Scope,
+        headers: Headers,
         receive: Receive,
         ctx: RequestContext,
     ) -> HttpResponse | HttpStream:
         if endpoint.method == "POST":
-            _check_content_type(header(scope["headers"], b"content-type"), endpoint.binary_body)
-            content_coding(header(scope["headers"], b"content-encoding"))  # 415 before auth
-        authorization = header(scope["headers"], b"authorization")
+            _check_content_type(headers.get(b"content-type"), endpoint.binary_body)
+            content_coding(headers.get(b"content-encoding"))  # 415 before auth
+        authorization = headers.get(b"authorization")
         if endpoint.auth == "user" or (
             endpoint.auth == "metrics" and self.settings.protect_metrics
         ):
@@ -324,7 +327,7 @@ class HttpFront:
             check_bearer(authorization, self.keys.admin)
         if endpoint.inference:
             ctx.endpoint = endpoint.metric  # counted even if the model turns out unknown
-            ctx.deadline = deadline_from(header(scope["headers"], b"x-request-timeout-ms"))
+            ctx.deadline = deadline_from(headers.get(b"x-request-timeout-ms"))
             # batchserve's own connections can be asked whether the client left; under another
             # ASGI server a task has to wait for http.disconnect instead.
             gone = scope.get("extensions", {}).get(CONNECTION_GONE, {}).get("gone")
@@ -332,7 +335,8 @@ class HttpFront:
                 ctx.client_gone = gone
             else:
                 ctx.disconnected = disconnect_waiter(receive)
-        return await endpoint.handler(Call(self.plane, self.settings, params, ctx, scope, receive))
+        call = Call(self.plane, self.settings, params, ctx, scope, receive, headers)
+        return await endpoint.handler(call)
 
 
 def _check_content_type(declared: str | None, binary: bool) -> None:

@@ -151,10 +151,7 @@ class DataPlane:
         finally:
             if not all(f.done() for f in futures):
                 batcher.discard(work)  # dropped before compute, and out of the queue's count
-        ctx.items = len(work)
-        ctx.batch_size = max(w.batch_size for w in work)
-        ctx.queue_ms = round(max(w.queue_s for w in work) * 1000, 3)
-        ctx.compute_ms = round(max(w.compute_s for w in work) * 1000, 3)
+        _note_work(ctx, work)
         results = []
         for i, future in enumerate(futures):
             error = future.exception()
@@ -362,6 +359,20 @@ def _version_info(entry: ModelVersion, versions: list[str]) -> VersionInfo:
         config=entry.config,
         batching=batching,
     )
+
+
+def _note_work(ctx: RequestContext, work: list[WorkItem]) -> None:
+    """The request's items, its largest batch and its longest queue and compute times."""
+    ctx.items = len(work)
+    if len(work) == 1:
+        (item,) = work
+        batch_size, queue_s, compute_s = item.batch_size, item.queue_s, item.compute_s
+    else:
+        batch_size = max(w.batch_size for w in work)
+        queue_s, compute_s = max(w.queue_s for w in work), max(w.compute_s for w in work)
+    ctx.batch_size = batch_size
+    ctx.queue_ms = round(queue_s * 1000, 3)
+    ctx.compute_ms = round(compute_s * 1000, 3)
 
 
 async def _wait(batcher: DynamicBatcher, work: list[WorkItem], ctx: RequestContext) -> None:

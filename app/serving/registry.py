@@ -81,8 +81,13 @@ class ModelRegistry:
         return sorted(self._by_version(name).values(), key=lambda m: version_key(m.version))
 
     def default_version(self, name: str) -> ModelVersion | None:
-        """The newest ready version. On every request without a version, so no sorting."""
-        ready = [m for m in self._by_version(name).values() if m.ready]
+        """The newest ready version. On every request without a version, so no sorting (and
+        the common case, one version, in one step)."""
+        versions = self._by_version(name)
+        if len(versions) == 1:
+            (only,) = versions.values()
+            return only if only.ready else None
+        ready = [m for m in versions.values() if m.ready]
         return max(ready, key=lambda m: version_key(m.version)) if ready else None
 
     def find(self, name: str, version: str | None = None) -> ModelVersion:
