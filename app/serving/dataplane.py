@@ -82,11 +82,17 @@ class DataPlane:
         return model
 
     async def classify(
-        self, model: LoadedModel, raw_items: Sequence[Any], ctx: RequestContext, field: str
+        self,
+        model: LoadedModel,
+        raw_items: Sequence[Any],
+        ctx: RequestContext,
+        field: str,
+        numbers_checked: bool = False,
     ) -> Classification:
-        """Class probabilities for each item; `field` names the items in error messages."""
+        """Class probabilities for each item; `field` names the items in error messages;
+        `numbers_checked`: the transport's decoder already saw that the leaves are numbers."""
         results = await self._infer(
-            model, lambda: _parse(model, "classify", raw_items, field), ctx, field
+            model, lambda: _parse(model, "classify", raw_items, field, numbers_checked), ctx, field
         )
         return Classification(model.name, model.version, model.config.labels, results)
 
@@ -320,11 +326,17 @@ def _scorer(model: LoadedModel) -> SequenceScorer:
     return model.servable
 
 
-def _parse(model: LoadedModel, task: Task, raw_items: Sequence[Any], field: str) -> list[Any]:
+def _parse(
+    model: LoadedModel,
+    task: Task,
+    raw_items: Sequence[Any],
+    field: str,
+    numbers_checked: bool = False,
+) -> list[Any]:
     """The model's checked items, named `field[i]` in error messages."""
     _expect(model, task)
     parse = model.servable.parse_item
-    return [parse(raw, f"{field}[{i}]") for i, raw in enumerate(raw_items)]
+    return [parse(raw, f"{field}[{i}]", numbers_checked) for i, raw in enumerate(raw_items)]
 
 
 def _expect(model: LoadedModel, task: Task) -> None:
@@ -422,4 +434,3 @@ async def _wait_polled(
     finally:
         if timer is not None:
             timer.cancel()
-

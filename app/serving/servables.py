@@ -63,8 +63,10 @@ class Servable(ABC, Generic[ItemT, OutputT, ResultT]):
         self._pin = device.type == "cuda"
 
     @abstractmethod
-    def parse_item(self, raw: Any, field: str) -> ItemT:
-        """A checked item from its JSON form; raises InvalidInput naming `field`."""
+    def parse_item(self, raw: Any, field: str, numbers_checked: bool = False) -> ItemT:
+        """A checked item from its JSON form; raises InvalidInput naming `field`.
+        `numbers_checked`: the caller knows that every leaf of `raw` is a number (its decoder
+        saw the types), so they need not be looked at again."""
 
     @abstractmethod
     def run(self, items: list[ItemT]) -> list[OutputT]:
@@ -125,13 +127,13 @@ class VectorClassifier(Classifier[Vector]):
             sum(math.prod(shape[:depth]) for depth in range(len(shape))) for shape in self.shapes
         )
 
-    def parse_item(self, raw: Any, field: str) -> Vector:
+    def parse_item(self, raw: Any, field: str, numbers_checked: bool = False) -> Vector:
         if not isinstance(raw, list) or not raw:
             raise InvalidInput(f"{field}: expected {self.shapes_text}, got {_json_type(raw)}")
         if len(raw) not in self.lengths:  # before looking at each element
             shape = [len(raw), *([len(raw[0])] if type(raw[0]) is list else [])]
             raise InvalidInput(f"{field}: expected {self.shapes_text}, got shape {shape}")
-        wrong = _element_types(raw) - {float, int}
+        wrong = set() if numbers_checked else _element_types(raw) - {float, int}
         if wrong:
             found = ", ".join(sorted(json_type_name(t) for t in wrong))
             raise InvalidInput(f"{field}: expected {self.shapes_text}; found {found}")
@@ -171,6 +173,12 @@ def _element_types(raw: list[Any]) -> set[type]:
 
 
 def _check_range(flat: Vector, field: str, low: float | None, high: float | None) -> None:
+    # The usual case in two reductions: NaN carries through min and max, an infinity is one of
+    # them; the messages below cost more and only run when something is wrong.
+    lo, hi = float(flat.min()), float(flat.max())
+    if math.isfinite(lo) and math.isfinite(hi):
+        if (low is None or lo >= low) and (high is None or hi <= high):
+            return
     finite = np.isfinite(flat)
     if not finite.all():
         raise InvalidInput(f"{field}: element {int(np.argmin(finite))} is not a finite number")
@@ -245,7 +253,7 @@ class TextClassifier(Classifier[list[int]]):
         # Commas and brackets inside a string count too (the pre-parse count cannot tell).
         self.max_item_values = 1 + self.text.max_raw_length
 
-    def parse_item(self, raw: Any, field: str) -> list[int]:
+    def parse_item(self, raw: Any, field: str, numbers_checked: bool = False) -> list[int]:
         return self.text.encode(raw, field)
 
     def item_tokens(self, item: list[int]) -> int:
@@ -273,7 +281,7 @@ class SequenceScorer(Servable[ScoreItem, TokenScores, SequenceScore]):
         self.max_length = self.text.max_length
         self.max_item_values = 3 + 2 * self.text.max_raw_length  # a pair: an object, 2 strings
 
-    def parse_item(self, raw: Any, field: str) -> ScoreItem:
+    def parse_item(self, raw: Any, field: str, numbers_checked: bool = False) -> ScoreItem:
         tokens = [*self.text.encode(raw, field), self.vocab.eos]
         return ScoreItem(tokens, 0)
 

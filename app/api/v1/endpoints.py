@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from app.api.http import HttpResponse, json_response, parse_json
+from app.api.http import HttpResponse, json_response, only_numbers, parse_json
 from app.api.router import Call, Endpoint
 from app.api.v1.schemas import (
     ModelList,
@@ -78,10 +78,11 @@ def _metadata(info: VersionInfo) -> dict[str, Any]:
 
 
 async def predict(call: Call) -> HttpResponse:
-    model, body = await _model_and_body(call, "predict")
+    model, body, raw = await _model_and_body(call, "predict")
     settings = call.settings
     inputs, top_k = parse_predict(body, settings.max_items_per_request, settings.max_top_k)
-    result = await call.plane.classify(model, inputs, call.ctx, "inputs")
+    numbers = only_numbers(raw, body)
+    result = await call.plane.classify(model, inputs, call.ctx, "inputs", numbers)
     return json_response(_predictions(result, top_k))
 
 
@@ -97,7 +98,7 @@ def _predictions(result: Classification, top_k: int) -> dict[str, Any]:
 
 
 async def score(call: Call) -> HttpResponse:
-    model, body = await _model_and_body(call, "score")
+    model, body, _ = await _model_and_body(call, "score")
     kind, items, per_token = parse_score(body, call.settings.max_items_per_request)
     if kind == "pairs":
         pairs = [(p["context"], p["continuation"]) for p in items]
@@ -129,8 +130,9 @@ def _score(item: SequenceScore, per_token: bool) -> dict[str, Any]:
     return scored
 
 
-async def _model_and_body(call: Call, endpoint: str) -> tuple[LoadedModel, Any]:
-    """The model version bound to this request (its queue has room), and the parsed body."""
+async def _model_and_body(call: Call, endpoint: str) -> tuple[LoadedModel, Any, bytes]:
+    """The model version bound to this request (its queue has room), the parsed body, and the
+    body's bytes."""
     name, version = call.params["name"], call.params.get("version")
     call.plane.require(name, version)  # 404 before a body is read
     raw = await call.body()
@@ -142,7 +144,7 @@ async def _model_and_body(call: Call, endpoint: str) -> tuple[LoadedModel, Any]:
             f"model '{name}' is a {model.task} model; call /v1/models/{name}/{other}"
         )
     max_values = call.settings.max_items_per_request * model.servable.max_item_values
-    return model, parse_json(raw, max_values)
+    return model, parse_json(raw, max_values), raw
 
 
 def table() -> list[Endpoint]:

@@ -91,6 +91,7 @@ class Items:
 
     input_name: str
     rows: list[Any]
+    numbers: bool = False  # numeric rows whose values' types the decoder has checked
 
 
 def decode_inputs(tensors: Sequence[InputTensor], signature: Signature, max_items: int) -> Items:
@@ -108,7 +109,7 @@ def decode_inputs(tensors: Sequence[InputTensor], signature: Signature, max_item
         raise TensorError(f"inputs: missing input(s) {missing}")
     # Every model has one input tensor today; the signature allows more.
     spec = signature.inputs[0]
-    return Items(spec.name, _rows(decoded[spec.name], spec))
+    return Items(spec.name, _rows(decoded[spec.name], spec), spec.datatype != BYTES)
 
 
 def _decode(tensor: InputTensor, spec: TensorSpec, max_items: int) -> Any:
@@ -282,7 +283,8 @@ async def infer(
     field = items.input_name
     if model.task == "score":
         return score_outputs(await plane.score(model, items.rows, ctx, field), field)
-    return classify_outputs(await plane.classify(model, items.rows, ctx, field))
+    result = await plane.classify(model, items.rows, ctx, field, items.numbers)
+    return classify_outputs(result)
 
 
 def classify_outputs(result: Classification) -> dict[str, Any]:
