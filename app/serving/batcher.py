@@ -4,6 +4,7 @@ and leave it together, as one forward pass on the device's inference thread."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,6 +24,9 @@ from app.errors import (
 )
 
 CLIENT_GONE = ClientDisconnected("the client disconnected before its answer was ready")
+
+
+BATCHES_IN_FLIGHT = 2  # one computing, the next waiting for the inference thread
 
 
 @dataclass(slots=True)
@@ -86,6 +90,7 @@ class DynamicBatcher:
     # loop's delay in picking the results up, which is what grows under overload.
     _turnaround_s: float = field(default=0.0, init=False)
     _fastest_s: float = field(default=0.0, init=False)  # the quickest turnaround seen
+    _last_finished: float = field(default=0.0, init=False)
     _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     @property
@@ -191,16 +196,30 @@ class DynamicBatcher:
 
     async def _run_forever(self) -> None:
         loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(BATCHES_IN_FLIGHT)
         while True:
             if not self._queue:
-                self._idle.set()
+                if not self._in_flight:
+                    self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            # While one batch computes, the next is formed and queued behind it on the inference
+            # thread, which then goes from one to the next without waiting for the event loop
+            # (under load a turn of the loop can take longer than a batch).
+            await slots.acquire()
             await self._wait_for_batch()
             batch = self._take_batch()
-            if batch:
-                await self._run(loop, batch)
+            if not batch:
+                slots.release()
+                continue
+            self._in_flight += len(batch)
+            payloads = [w.payload for w in batch]
+            started = time.monotonic()
+            done = loop.run_in_executor(
+                self.executor, _run_isolating_failures, self.run_batch, payloads
+            )
+            done.add_done_callback(functools.partial(self._finish, batch, started, slots))
 
     async def _wait_for_batch(self) -> None:
         """Wait until a full batch is queued, the first item has waited max_batch_delay_ms, or
@@ -208,8 +227,10 @@ class DynamicBatcher:
         without a new item, so waiting longer would only add latency."""
         limits, queue = self.limits, self._queue
         close_at = queue[0].enqueued_at + limits.max_batch_delay_ms / 1000
+        # A full queue cannot grow: waiting would only refuse more requests meanwhile.
+        enough = min(limits.max_batch_size, limits.max_queue_size)
         idle_turns = 0
-        while len(queue) < limits.max_batch_size and time.monotonic() < close_at:
+        while len(queue) < enough and time.monotonic() < close_at:
             seen = len(queue)
             await asyncio.sleep(0)  # one turn: request handlers that are ready submit their items
             idle_turns = idle_turns + 1 if len(queue) == seen else 0
@@ -242,15 +263,25 @@ class DynamicBatcher:
             batch.append(item)
         return batch
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[WorkItem]) -> None:
-        self._in_flight = len(batch)
-        started = time.monotonic()
-        try:
-            outputs, compute_s = await loop.run_in_executor(
-                self.executor, _run_isolating_failures, self.run_batch, [w.payload for w in batch]
-            )
-        finally:
-            self._in_flight = 0
+    def _finish(
+        self,
+        batch: list[WorkItem],
+        started: float,
+        slots: asyncio.Semaphore,
+        done: asyncio.Future[tuple[list[Any], float]],
+    ) -> None:
+        """A batch came back from the inference thread: answer its items."""
+        self._in_flight -= len(batch)
+        slots.release()
+        if not self._queue and not self._in_flight:
+            self._idle.set()
+        if done.cancelled() or done.exception() is not None:  # the executor itself failed
+            error = done.exception() if not done.cancelled() else None
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(_item_error(error or RuntimeError("cancelled")))
+            return
+        outputs, compute_s = done.result()
         failed = 0
         for item, output in zip(batch, outputs, strict=True):
             item.batch_size, item.queue_s, item.compute_s = (
@@ -265,7 +296,10 @@ class DynamicBatcher:
                 item.future.set_exception(_item_error(output.error))
             else:
                 item.future.set_result(output)
-        turnaround_s = time.monotonic() - started
+        # A batch's span: from when the thread could start it (its dispatch, or the end of the
+        # batch ahead of it) to its answers; what the queue ahead of a new request will cost.
+        now = time.monotonic()
+        turnaround_s, self._last_finished = now - max(started, self._last_finished), now
         if self._turnaround_s:
             self._turnaround_s += 0.2 * (turnaround_s - self._turnaround_s)
         else:  # the first batch: no history to smooth against
