@@ -136,25 +136,16 @@ def test_large_request_is_split_across_batches_and_reassembled(repository: Path)
 
 
 def test_queue_full_returns_503_with_retry_after(repository: Path) -> None:
-    settings = settings_for(
-        repository, max_queue_size=4, max_batch_delay_ms=1000, batch_idle_turns=0, retry_after_s=3
-    )
+    # A queue of 4 items has no room for a request of 5 (a request's items go in all or none);
+    # one of 4 fits. Bursts of many requests against a full queue: tests/test_client.py.
+    settings = settings_for(repository, max_queue_size=4, retry_after_s=3)
     with live_server(settings) as url:
-
-        async def scenario() -> tuple[httpx.Response, httpx.Response]:
-            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-                first = asyncio.create_task(
-                    client.post("/v1/models/names-rnn/predict", json={"inputs": NAMES[:4]})
-                )
-                await asyncio.sleep(0.3)  # the first request's 4 items now fill the queue
-                second = await client.post("/v1/models/names-rnn/predict", json={"inputs": ["Kim"]})
-                return await first, second
-
-        first, second = asyncio.run(scenario())
-    assert first.status_code == 200
-    assert second.status_code == 503
-    assert second.headers["retry-after"] == "3"
-    assert "queue" in second.json()["error"]
+        fits = httpx.post(f"{url}/v1/models/names-rnn/predict", json={"inputs": NAMES[:4]})
+        too_many = httpx.post(f"{url}/v1/models/names-rnn/predict", json={"inputs": NAMES[:5]})
+    assert fits.status_code == 200
+    assert too_many.status_code == 503
+    assert too_many.headers["retry-after"] == "3"
+    assert "queue" in too_many.json()["error"]
 
 
 def test_expired_deadline_returns_504_and_skips_the_work(repository: Path) -> None:
