@@ -68,7 +68,18 @@ class Settings(BaseSettings):
         8192, ge=1, description="Most characters in one batch of a text model (caps long strings)."
     )
     max_queue_size: int = Field(
-        2048, ge=1, description="Most items waiting per model version; beyond it requests get 503."
+        2048,
+        ge=1,
+        description="Most items queued per model version; a request that finds it full waits "
+        "(max_queue_wait_ms) or gets 503.",
+    )
+    max_queue_wait_ms: float = Field(
+        1000.0,
+        ge=0,
+        le=600_000,
+        description="How long a request that finds its model's queue full waits for room, first "
+        "come first served and within its deadline, unparsed, before it gets 503; 0 refuses at "
+        "once.",
     )
     max_items_per_request: int = Field(1024, ge=1, description="Most inputs in one request.")
     max_body_bytes: int = Field(

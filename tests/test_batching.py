@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -312,3 +313,122 @@ async def test_a_deadline_that_only_the_queue_ahead_makes_too_short_is_a_full_qu
         assert refused.value.headers["Retry-After"] == "1"
         assert await asyncio.gather(*(w.future for w in ahead)) == [2, 3, 4]
         await batcher.stop()
+
+
+# -- waiting for room in a full queue ------------------------------------------------------------
+
+
+def _held_batcher(wait_ms: float) -> tuple[DynamicBatcher, threading.Event, ThreadPoolExecutor]:
+    """A batcher of one-item batches whose forward passes block until the event is set: with
+    two batches in flight and a queue of one item, a fourth request finds the queue full."""
+    gate = threading.Event()
+
+    def held(items: list[int]) -> list[int]:
+        gate.wait(30)
+        return items
+
+    limits = BatchLimits(
+        max_batch_size=1, max_batch_delay_ms=0, max_queue_size=1, max_queue_wait_ms=wait_ms
+    )
+    executor = ThreadPoolExecutor(1)
+    batcher = DynamicBatcher(held, executor, limits)
+    batcher.start()
+    return batcher, gate, executor
+
+
+async def _fill(batcher: DynamicBatcher) -> list[asyncio.Future[int]]:
+    """Two items taken into batches (one computing, one next), then one queued: full."""
+    futures = []
+    for i in range(3):
+        futures += [w.future for w in batcher.submit([i])]
+        for _ in range(1000):  # bounded: the batcher takes the first two at once
+            if i == 2 or batcher.queued_items == 0:
+                break
+            await asyncio.sleep(0.001)
+    assert batcher.queued_items == 1
+    return futures
+
+
+async def test_requests_that_find_the_queue_full_wait_their_turn_and_are_all_served() -> None:
+    batcher, gate, executor = _held_batcher(wait_ms=30_000)
+    let_in: list[int] = []
+
+    async def late(i: int) -> int:
+        await batcher.wait_for_room()
+        let_in.append(i)
+        return int(await batcher.submit([i])[0].future)
+
+    with executor:
+        early = await _fill(batcher)
+        waiting = [asyncio.create_task(late(i)) for i in (3, 4, 5)]
+        await asyncio.sleep(0.05)
+        assert let_in == [] and batcher.queued_items == 1  # they wait, unparsed, unrefused
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*early, *waiting), timeout=30)
+        await batcher.stop()
+    assert let_in == [3, 4, 5]  # first come, first served
+    assert results == [0, 1, 2, 3, 4, 5]
+
+
+async def test_a_request_waits_for_room_no_longer_than_the_wait_then_gets_a_full_queue() -> None:
+    batcher, gate, executor = _held_batcher(wait_ms=50)
+    with executor:
+        early = await _fill(batcher)
+        started = time.monotonic()
+        with pytest.raises(QueueFull, match="waited 50 ms") as refused:
+            await batcher.wait_for_room()
+        waited = time.monotonic() - started
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*early), timeout=30)
+        # Nothing of the one that gave up is left behind: the next request gets in at once.
+        await asyncio.wait_for(batcher.wait_for_room(), timeout=5)
+        await batcher.stop()
+    assert refused.value.headers["Retry-After"] == "1"
+    assert waited >= 0.04
+
+
+async def test_a_deadline_shortens_the_wait_for_room() -> None:
+    batcher, gate, executor = _held_batcher(wait_ms=30_000)
+    with executor:
+        early = await _fill(batcher)
+        with pytest.raises(QueueFull, match="waited 100 ms"):
+            await batcher.wait_for_room(deadline=time.monotonic() + 0.1)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*early), timeout=30)
+        await batcher.stop()
+
+
+async def test_a_request_cancelled_while_waiting_leaves_no_place_taken() -> None:
+    batcher, gate, executor = _held_batcher(wait_ms=30_000)
+    with executor:
+        early = await _fill(batcher)
+        waiter = asyncio.create_task(batcher.wait_for_room())
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*early), timeout=30)
+        # With the queue empty and no one live waiting, a request goes straight in.
+        await asyncio.wait_for(batcher.wait_for_room(), timeout=5)
+        assert await batcher.submit([7])[0].future == 7
+        await batcher.stop()
+
+
+def test_a_burst_at_a_full_queue_waits_for_room_instead_of_503(repository: Path) -> None:
+    # The same burst at a queue of one item that refuses at once gets 503s (tests/test_client.py).
+    settings = settings_for(
+        repository, max_queue_size=1, max_batch_delay_ms=50, batch_idle_turns=0,
+        max_queue_wait_ms=20_000,
+    )  # fmt: skip
+    with live_server(settings) as url:
+        bodies = [{"inputs": [image]} for image in _images(24, seed=3)]
+        responses = asyncio.run(_post_all(url, "/v1/models/mnist-mlp/predict", bodies))
+        alone = [
+            httpx.post(f"{url}/v1/models/mnist-mlp/predict", json=b).json() for b in bodies[:4]
+        ]
+    assert [r.status_code for r in responses] == [200] * 24
+    for one, answered in zip(alone, responses, strict=False):
+        got, want = answered.json()["predictions"][0], one["predictions"][0]
+        assert got["label"] == want["label"]
+        assert abs(got["probability"] - want["probability"]) <= PROBABILITY_TOLERANCE

@@ -45,9 +45,15 @@ def secured_server(repository: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def busy_server(repository: Path) -> Iterator[str]:
-    """One item fits in the queue and waits 400 ms there: a burst of calls overflows it."""
+    """One item fits in the queue and waits 400 ms there, and a request that finds it full is
+    refused at once (no waiting for room): a burst of calls overflows it."""
     with _live_server(
-        repository, max_queue_size=1, max_batch_delay_ms=400, batch_idle_turns=0, retry_after_s=1
+        repository,
+        max_queue_size=1,
+        max_batch_delay_ms=400,
+        batch_idle_turns=0,
+        retry_after_s=1,
+        max_queue_wait_ms=0,
     ) as url:
         yield url
 

@@ -423,7 +423,8 @@ def test_the_regenerated_stubs_match_the_committed_ones_and_tritonclients() -> N
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Application]]:
-    """Keys on, a one-item queue, batches that wait 1.5 s for company, a 1 MiB message limit."""
+    """Keys on, a one-item queue that refuses at once when full, batches that wait 1.5 s for
+    company, a 1 MiB message limit."""
     repository = write_tiny_repository(tmp_path_factory.mktemp("grpc") / "repository")
     settings = settings_for(
         repository,
@@ -431,6 +432,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, App
         api_keys=KEY,
         admin_api_key=ADMIN_KEY,
         max_queue_size=1,
+        max_queue_wait_ms=0,
         max_batch_delay_ms=1500,
         batch_idle_turns=0,
         max_body_bytes=1 << 20,

@@ -60,6 +60,10 @@ class BatchLimits:
     max_batch_delay_ms: float = 2.0
     max_batch_tokens: int | None = None
     max_queue_size: int = 2048
+    # A request that finds the queue full waits this long for room (within its deadline) before
+    # it is refused; 0 refuses at once. At most max_waiting requests wait.
+    max_queue_wait_ms: float = 0.0
+    max_waiting: int = 4096
     retry_after_s: int = 1
     idle_turns_to_close: int = 4  # 0: always wait the full max_batch_delay_ms
 
@@ -92,6 +96,12 @@ class DynamicBatcher:
     _fastest_s: float = field(default=0.0, init=False)  # the quickest turnaround seen
     _last_finished: float = field(default=0.0, init=False)
     _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    # Requests waiting for room in a full queue, first come first served (some may have given
+    # up: `_waiting_live` counts the rest), and those woken whose items are not queued yet.
+    _waiting: deque[asyncio.Future[None]] = field(default_factory=deque, init=False)
+    _waiting_live: int = field(default=0, init=False)
+    _woken: int = field(default=0, init=False)
+    _turned_away: bool = field(default=False, init=False)  # refused for room since the last batch
 
     @property
     def queued_items(self) -> int:
@@ -107,9 +117,15 @@ class DynamicBatcher:
             self._task = asyncio.get_running_loop().create_task(self._run_forever())
 
     async def stop(self) -> None:
-        """Finish everything accepted, then stop the collector."""
+        """Finish everything accepted, then stop the collector. Requests still waiting for room
+        are refused: the version is going away."""
         await self.drained()
         task, self._task = self._task, None
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(_not_accepting())
+        self._waiting_live = 0
         if task is not None:
             task.cancel()
             try:
@@ -128,6 +144,7 @@ class DynamicBatcher:
             if not item.started:
                 item.future.cancel()
         self._queue = deque(w for w in self._queue if not w.future.done())
+        self._wake_waiters()
 
     def expire(self, work: Sequence[WorkItem]) -> None:
         """The deadline of `work` passed: its items not started fail with DeadlineExceeded, and
@@ -136,6 +153,69 @@ class DynamicBatcher:
             if not item.started and not item.future.done():
                 item.future.set_exception(DeadlineExceeded(DEADLINE_PASSED))
         self._queue = deque(w for w in self._queue if not w.future.done())
+        self._wake_waiters()
+
+    async def wait_for_room(self, deadline: float | None = None) -> None:
+        """Return once one more item fits, waiting behind earlier requests if the queue is
+        full, for at most max_queue_wait_ms and never past `deadline`; then raise QueueFull.
+        Called before a body is parsed: under overload a request waits as raw bytes instead of
+        being parsed, refused and sent again by its client, which is what melts a server down.
+        (DeadlineTooShort, ModelNotReady and an expected wait past the deadline: at once.)"""
+        if self._task is None:
+            raise _not_accepting()
+        limits = self.limits
+        queued = len(self._queue) + self._woken
+        if not self._waiting_live and queued < limits.max_queue_size:
+            if deadline is not None:
+                self._check_deadline(deadline - time.monotonic(), queued + 1)
+            return
+        wait_s = limits.max_queue_wait_ms / 1000
+        if deadline is not None:
+            remaining_s = deadline - time.monotonic()
+            self._check_deadline(remaining_s, queued + self._waiting_live + 1)
+            wait_s = min(wait_s, remaining_s)
+        if wait_s <= 0 or self._waiting_live >= limits.max_waiting:
+            raise self._full(queued)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(waiter)
+        self._waiting_live += 1
+        timer = loop.call_later(wait_s, self._give_up, waiter, queued, wait_s)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if waiter.cancelled():  # the request was cancelled while it waited
+                self._waiting_live -= 1
+            elif waiter.exception() is None:  # let in: its items go into the queue in this step
+                self._woken -= 1
+
+    def _give_up(self, waiter: asyncio.Future[None], queued: int, waited_s: float) -> None:
+        if not waiter.done():
+            self._waiting_live -= 1
+            waiter.set_exception(self._full(queued, waited_s))
+
+    def _wake_waiters(self) -> None:
+        """Let in as many waiting requests as the queue now has room for, oldest first."""
+        room = self.limits.max_queue_size - len(self._queue) - self._woken
+        while room > 0 and self._waiting:
+            waiter = self._waiting.popleft()
+            if waiter.done():  # gave up
+                continue
+            waiter.set_result(None)
+            self._waiting_live -= 1
+            self._woken += 1
+            room -= 1
+
+    def _full(self, queued: int, waited_s: float = 0.0) -> QueueFull:
+        limits = self.limits
+        self._turned_away = True
+        how = f"; this request waited {waited_s * 1000:.0f} ms for room" if waited_s else ""
+        return QueueFull(
+            f"the queue of this model is full ({queued} of {limits.max_queue_size} items "
+            f"waiting{how}); retry later",
+            headers={"Retry-After": str(limits.retry_after_s)},
+        )
 
     def check_room(self, items: int = 1, deadline: float | None = None) -> None:
         """Raise QueueFull unless `items` more fit, and, for a request with a deadline, unless
@@ -144,14 +224,10 @@ class DynamicBatcher:
         refusing costs microseconds instead of a full parse."""
         limits = self.limits
         if self._task is None:
-            raise ModelNotReady("this model version is not accepting work (it is being unloaded)")
+            raise _not_accepting()
         queued = len(self._queue)
         if queued + items > limits.max_queue_size:
-            raise QueueFull(
-                f"the queue of this model is full ({queued} of {limits.max_queue_size} "
-                "items waiting); retry later",
-                headers={"Retry-After": str(limits.retry_after_s)},
-            )
+            raise self._full(queued)
         if deadline is not None:
             self._check_deadline(deadline - time.monotonic(), queued + items)
 
@@ -210,6 +286,7 @@ class DynamicBatcher:
             await slots.acquire()
             await self._wait_for_batch()
             batch = self._take_batch()
+            self._wake_waiters()
             if not batch:
                 slots.release()
                 continue
@@ -227,10 +304,12 @@ class DynamicBatcher:
         without a new item, so waiting longer would only add latency."""
         limits, queue = self.limits, self._queue
         close_at = queue[0].enqueued_at + limits.max_batch_delay_ms / 1000
-        # A full queue cannot grow: waiting would only refuse more requests meanwhile.
-        enough = min(limits.max_batch_size, limits.max_queue_size)
         idle_turns = 0
-        while len(queue) < enough and time.monotonic() < close_at:
+        while len(queue) < limits.max_batch_size and time.monotonic() < close_at:
+            # A full queue cannot grow: once it has made a request wait or refused one, waiting
+            # longer only turns more away.
+            if len(queue) >= limits.max_queue_size and (self._waiting_live or self._turned_away):
+                return
             seen = len(queue)
             await asyncio.sleep(0)  # one turn: request handlers that are ready submit their items
             idle_turns = idle_turns + 1 if len(queue) == seen else 0
@@ -240,6 +319,7 @@ class DynamicBatcher:
     def _take_batch(self) -> list[WorkItem]:
         """Pop up to max_batch_size live items, within max_batch_tokens (one item always fits)."""
         limits, now = self.limits, time.monotonic()
+        self._turned_away = False
         batch: list[WorkItem] = []
         tokens = 0
         while self._queue and len(batch) < limits.max_batch_size:
@@ -309,6 +389,10 @@ class DynamicBatcher:
             queue_s = [w.queue_s for w in batch]
             tokens = sum(w.tokens for w in batch)
             self.observer(BatchReport(len(batch), tokens, queue_s, compute_s, failed))
+
+
+def _not_accepting() -> ModelNotReady:
+    return ModelNotReady("this model version is not accepting work (it is being unloaded)")
 
 
 def _item_error(error: BaseException) -> ServiceError:

@@ -70,15 +70,16 @@ class DataPlane:
         """Raise 404/503 now if the model cannot serve: before a transport reads the body."""
         self.registry.get(name, version)
 
-    def bind(
+    async def bind(
         self, name: str, version: str | None, ctx: RequestContext, endpoint: str
     ) -> LoadedModel:
-        """The version that will serve this request, once its queue has room for it."""
+        """The version that will serve this request, once its queue has room for it (a full
+        queue is waited on, first come first served, for max_queue_wait_ms)."""
         ctx.endpoint = endpoint
         model = self.registry.get(name, version)
         # Labelled only once the model is known: unknown names must not grow the metrics' labels.
         ctx.model, ctx.version = model.name, model.version
-        model.batcher.check_room(1, ctx.deadline)
+        await model.batcher.wait_for_room(ctx.deadline)
         return model
 
     async def classify(

@@ -145,6 +145,8 @@ def batch_limits(config: ModelConfig, settings: Settings) -> BatchLimits:
         max_batch_delay_ms=delay_ms if own.max_batch_delay_ms is None else own.max_batch_delay_ms,
         max_batch_tokens=tokens if config.input.kind == "text" else None,
         max_queue_size=settings.max_queue_size,
+        max_queue_wait_ms=settings.max_queue_wait_ms,
+        max_waiting=settings.max_connections,
         retry_after_s=settings.retry_after_s,
         idle_turns_to_close=settings.batch_idle_turns,
     )

@@ -92,7 +92,7 @@ class InferenceServicer:
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         ctx = REQUEST.get()
         plane, settings = self.plane, self.settings
-        model = plane.bind(request.model_name, request.model_version or None, ctx, "infer")
+        model = await plane.bind(request.model_name, request.model_version or None, ctx, "infer")
         signature = tensors.signature(model.config)
         raw = len(request.raw_input_contents) > 0
         items = tensors.decode_inputs(_inputs(request), signature, settings.max_items_per_request)

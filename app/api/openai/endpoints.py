@@ -79,7 +79,7 @@ async def completions(call: Call) -> HttpResponse | HttpStream:
     body: CompletionRequestBody = _body(await call.body(), CompletionRequestBody)
     plane, ctx = call.plane, call.ctx
     model = plane.language_model(body.model)
-    plane.bind(model.name, model.version, ctx, "completions")
+    await plane.bind(model.name, model.version, ctx, "completions")
     request = _request(call, model, body)
     created, ident = int(time.time()), f"cmpl-{ctx.request_id}"
     prompt_tokens = sum(len(p) for p in request.prompts)

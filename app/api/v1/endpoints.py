@@ -136,7 +136,7 @@ async def _model_and_body(call: Call, endpoint: str) -> tuple[LoadedModel, Any, 
     name, version = call.params["name"], call.params.get("version")
     call.plane.require(name, version)  # 404 before a body is read
     raw = await call.body()
-    model = call.plane.bind(name, version, call.ctx, endpoint)
+    model = await call.plane.bind(name, version, call.ctx, endpoint)
     task = "classify" if endpoint == "predict" else "score"
     if model.task != task:
         other = "score" if endpoint == "predict" else "predict"

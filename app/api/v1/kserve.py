@@ -61,7 +61,7 @@ async def predict(call: Call) -> HttpResponse:
     plane = call.plane
     plane.require(name, version)  # 404 before a body is read
     raw = await call.body()
-    model = plane.bind(name, version, call.ctx, "predict")
+    model = await plane.bind(name, version, call.ctx, "predict")
     max_values = call.settings.max_items_per_request * model.servable.max_item_values
     instances = _instances(parse_json(raw, max_values), call.settings.max_items_per_request)
     if model.task == "score":

@@ -107,7 +107,7 @@ async def infer(call: Call) -> HttpResponse:
     plane, settings, ctx = call.plane, call.settings, call.ctx
     plane.require(name, version)  # 404 before a body is read
     body = await call.body()
-    model = plane.bind(name, version, ctx, "infer")
+    model = await plane.bind(name, version, ctx, "infer")
     max_values = settings.max_items_per_request * model.servable.max_item_values
     length = call.header(codec.HEADER_LENGTH.lower().encode())
     header, binary = codec.split_body(body, length, max_values)
