@@ -24,6 +24,7 @@ def render(results: dict[str, Any]) -> str:
     for endpoint in results["settings"]["endpoints"]:
         out += _endpoint_table(results, endpoint)
     out += _model_only(results)
+    out += _targets(results)
     return "\n".join(out) + "\n"
 
 
@@ -76,23 +77,118 @@ def _endpoint_table(results: dict[str, Any], endpoint: str) -> list[str]:
     rows = [r for r in results["runs"] if r["endpoint"] == endpoint]
     if not rows:
         return []
-    baseline = {r["concurrency"]: r["rps"] for r in rows if r["server"] == "baseline"}
+    baseline = {_key(r): r["rps"] for r in rows if r["server"] == "baseline"}
     model = rows[0]["model"]
     out = [f"## `{endpoint}` on `{model}` (`POST {rows[0]['path']}`)", ""]
     out.append("| server | concurrency | req/s | p50 ms | p99 ms | non-2xx | errors | CPU | other "
                "| x baseline | batch |")  # fmt: skip
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        base = baseline.get(r["concurrency"])
+        base = baseline.get(_key(r))
         ratio = f"{r['rps'] / base:.2f}" if base else "-"
         batch = r.get("batches", {}).get(model, {}).get("mean_batch")
         out.append(
-            f"| {r['server']} | {r['concurrency']} | {r['rps']:,.0f} "
+            f"| {r['server']} | {_concurrency(r)} | {r['rps']:,.0f} "
             f"| {r['latency_ms']['p50']:.2f} | {r['latency_ms']['p99']:.2f} | {r['non_2xx']} "
             f"| {r['socket_errors']} | {r['server_cpu']:.2f} | {r['other_cpu']:.2f} | {ratio} "
             f"| {'-' if batch is None else f'{batch:.1f}'} |"
         )
     return [*out, ""]
+
+
+def _key(row: dict[str, Any]) -> tuple[int, int]:
+    return row["concurrency"], row.get("round", 1)
+
+
+def _concurrency(row: dict[str, Any]) -> str:
+    rounds = row.get("round", 1)
+    return (
+        f"{row['concurrency']} (#{rounds})" if row["concurrency"] == 1 else str(row["concurrency"])
+    )
+
+
+def _row(
+    results: dict[str, Any], server: str, endpoint: str, concurrency: int, round_: int = 1
+) -> dict[str, Any] | None:
+    for r in results["runs"]:
+        if (r["server"], r["endpoint"], *_key(r)) == (server, endpoint, concurrency, round_):
+            return r
+    return None
+
+
+def _model_us_per_item(results: dict[str, Any], endpoint: str, batch: int) -> float | None:
+    for r in results.get("model_only") or []:
+        if r["endpoint"] == endpoint and r["batch_size"] == batch:
+            return float(r["us_per_batch"]) / batch
+    return None
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    """The performance targets, each from rows of this same run (missing rows: skipped)."""
+    out = ["## Targets", ""]
+    top = max(results["settings"]["concurrency"])
+    ours, floor = (
+        _row(results, "batchserve", "predict", top),
+        _row(results, "raw-floor", "predict", top),
+    )
+    if ours and floor:
+        ratio = ours["rps"] / floor["rps"]
+        p99, floor_p99 = ours["latency_ms"]["p99"], floor["latency_ms"]["p99"]
+        out.append(
+            f"- `predict` at c={top}: {ours['rps']:,.0f} req/s = **{ratio:.2f}x** the raw-ASGI "
+            f"floor's {floor['rps']:,.0f} (target 0.8x: {_met(ratio >= 0.8)}); p99 {p99:.1f} "
+            f"ms against the floor's {floor_p99:.1f} ms ({_met(p99 <= floor_p99)})."
+        )
+    out += _one_core_bound(results, top)
+    for endpoint in results["settings"]["endpoints"]:
+        rounds = sorted({r.get("round", 1) for r in results["runs"] if r["concurrency"] == 1})
+        pairs = [
+            (_row(results, "batchserve", endpoint, 1, n), _row(results, "baseline", endpoint, 1, n))
+            for n in rounds
+        ]
+        shown = [
+            f"{a['latency_ms']['p50']:.2f} vs {b['latency_ms']['p50']:.2f}"
+            for a, b in pairs
+            if a and b
+        ]
+        if shown:
+            held = all(
+                a["latency_ms"]["p50"] <= b["latency_ms"]["p50"] for a, b in pairs if a and b
+            )
+            out.append(
+                f"- `{endpoint}` at c=1, p50 ms, batchserve vs the plain route, {len(shown)} "
+                f"rounds in a row: {'; '.join(shown)} (target: at or below in every round: "
+                f"{_met(held)})."
+            )
+    return [*out, ""] if len(out) > 2 else []
+
+
+def _one_core_bound(results: dict[str, Any], top: int) -> list[str]:
+    """score: 1 / (the raw floor's CPU per request + the model's time per item at the batch
+    size batchserve reached), both measured in this run."""
+    ours, floor = (
+        _row(results, "batchserve", "score", top),
+        _row(results, "raw-floor", "score", top),
+    )
+    if not (ours and floor):
+        return []
+    batch = ours.get("batches", {}).get(ours["model"], {}).get("mean_batch")
+    model_us = _model_us_per_item(results, "score", max(1, round(batch))) if batch else None
+    if model_us is None:
+        return []
+    floor_us = floor["server_cpu"] / floor["rps"] * 1e6
+    bound = 1e6 / (floor_us + model_us)
+    ratio = ours["rps"] / bound
+    return [
+        f"- `score` at c={top}: one-core bound 1 / ({floor_us:.1f} us raw-floor CPU per request "
+        f"+ {model_us:.1f} us model time per item at batch {round(batch)}) = {bound:,.0f} req/s; "
+        f"batchserve {ours['rps']:,.0f} req/s = **{ratio:.2f}x** (target 0.75x: "
+        f"{_met(ratio >= 0.75)})."
+    ]
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def _model_only(results: dict[str, Any]) -> list[str]:

@@ -35,7 +35,9 @@ ENDPOINTS = {
     "predict": ("mnist-mlp", "/v1/models/mnist-mlp/predict"),
     "score": ("names-lm", "/v1/models/names-lm/score"),
 }
-SERVER_NAMES = ("batchserve", "baseline", "floor")
+SERVER_NAMES = ("batchserve", "baseline", "floor", "raw-floor")
+FLOORS = ("floor", "raw-floor")  # constant answers: not compared with batchserve's
+START_MARK, END_MARK = "<!-- run:start -->", "<!-- run:end -->"
 PACKAGES = ("torch", "fastapi", "starlette", "pydantic", "uvicorn", "uvloop", "httptools")
 
 
@@ -63,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batchserve-env", action="append", default=[], metavar="BATCHSERVE_X=V",
         help="extra setting for batchserve (repeatable)",
     )  # fmt: skip
+    p.add_argument(
+        "--c1-rounds", type=int, default=3, help="measurements in a row at concurrency 1"
+    )
     p.add_argument("--batch-sizes", default="1,8,64", help="model-only batch sizes")
     p.add_argument("--no-model-only", action="store_true", help="skip the model-only loop")
     p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(results, indent=2) + "\n")
-    args.out.write_text(report.render(results) + _overload_section(args.out))
+    report.write_marked_section(args.out, report.render(results), START_MARK, END_MARK)
     print(f"\nwrote {args.out} and {args.json_out}\n")
     print(report.render(results))
     return 0
@@ -158,8 +163,21 @@ def benchmark(
         results["runs"] += runs
         results["answers"][spec.name] = answers
     if not args.no_model_only:
-        results["model_only"] = model_only(args, tmp / "bodies", cpus[0])
+        sizes = {int(b) for b in args.batch_sizes.split(",")} | batches_reached(results["runs"])
+        results["model_only"] = model_only(args, tmp / "bodies", cpus[0], sorted(sizes))
     return results
+
+
+def batches_reached(runs: list[dict[str, Any]]) -> set[int]:
+    """batchserve's mean batch size (rounded) in each run: the model-only loop measures those
+    too, for the one-core bound at the batch size the server actually reached."""
+    sizes = set()
+    for row in runs:
+        if row["server"] == "batchserve":
+            mean = row.get("batches", {}).get(row["model"], {}).get("mean_batch")
+            if mean:
+                sizes.add(max(1, round(mean)))
+    return sizes
 
 
 def _bench_server(
@@ -181,11 +199,12 @@ def _bench_server(
             body_file = bodies[endpoint]["path"]
             measure(server, path, body_file, max(args.concurrency), args.warmup, cpus[1])
             for concurrency in args.concurrency:
-                row = measure(server, path, body_file, concurrency, args.duration, cpus[1])
-                row.update(server=spec.name, endpoint=endpoint, model=model, path=path)
-                row["concurrency"] = concurrency
-                runs.append(row)
-                _progress(row)
+                for round_ in range(args.c1_rounds if concurrency == 1 else 1):
+                    row = measure(server, path, body_file, concurrency, args.duration, cpus[1])
+                    row.update(server=spec.name, endpoint=endpoint, model=model, path=path)
+                    row["concurrency"], row["round"] = concurrency, round_ + 1
+                    runs.append(row)
+                    _progress(row)
     finally:
         servers.stop(server)
     return runs, answers
@@ -214,7 +233,7 @@ def check_answers(
         if status != 200:
             raise RuntimeError(f"{server.spec.name} answered {status} to {path}: {answer}")
         answers.append(answer)
-    if server.spec.name == "floor":
+    if server.spec.name in FLOORS:
         return f"{len(answers)} requests answered 200 (constant answers)"
     if server.spec.name == "batchserve" or endpoint not in reference:
         reference[endpoint] = answers
@@ -237,7 +256,9 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return sa["num_tokens"] == sb["num_tokens"] and abs(sa["log_prob"] - sb["log_prob"]) < 1e-3
 
 
-def model_only(args: argparse.Namespace, bodies_dir: Path, cpu: str | None) -> list[dict[str, Any]]:
+def model_only(
+    args: argparse.Namespace, bodies_dir: Path, cpu: str | None, batch_sizes: list[int]
+) -> list[dict[str, Any]]:
     print("== model only", flush=True)
     pin = ["taskset", "-c", cpu] if cpu is not None else []
     seconds = "1" if args.quick else "3"
@@ -249,7 +270,7 @@ def model_only(args: argparse.Namespace, bodies_dir: Path, cpu: str | None) -> l
         str(args.repository),
         str(bodies_dir),
     ]
-    command += ["--batch-sizes", args.batch_sizes, "--seconds", seconds]
+    command += ["--batch-sizes", ",".join(map(str, batch_sizes)), "--seconds", seconds]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     rows: list[dict[str, Any]] = json.loads(done.stdout)
@@ -371,15 +392,6 @@ def profile(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | N
     print(f"\nwrote {args.profile_out} (open it in https://www.speedscope.app)\n")
     print(speedscope.render(summary))
     return 0
-
-
-def _overload_section(path: Path) -> str:
-    """The block that bench/overload.py keeps in the same file, carried over unchanged."""
-    from bench.overload import END_MARK, START_MARK
-
-    old = path.read_text() if path.exists() else ""
-    start, end = old.find(START_MARK), old.find(END_MARK)
-    return "\n" + old[start : end + len(END_MARK)] + "\n" if start != -1 and end > start else ""
 
 
 if __name__ == "__main__":

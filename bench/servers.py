@@ -89,6 +89,14 @@ def specs(
             common,
             _health_ready,
         ),
+        ServerSpec(
+            "raw-floor",
+            "`bench/raw_floor_app.py`: a bare ASGI app, orjson parses the body, constant "
+            "answer, no validation, no model",
+            [*_UVICORN, "bench.raw_floor_app:create_app"],
+            common,
+            _health_ready,
+        ),
     ]
 
 

@@ -1,11 +1,13 @@
 """The benchmark's comparison servers are fair: the naive baseline answers exactly what batchserve
-answers with the same weights, and the no-model floor parses the same bodies into the same shape."""
+answers with the same weights, and the no-model floors (FastAPI's, and a bare ASGI app's) parse the
+same bodies into the same shape."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ from fastapi import FastAPI
 
 from bench.baseline_app import create_app as create_baseline
 from bench.floor_app import create_app as create_floor
+from bench.raw_floor_app import create_app as create_raw_floor
 from tests.conftest import live_server, settings_for, write_tiny_repository
 from tests.numbers import LOG_PROB_TOLERANCE, PROBABILITY_TOLERANCE
 
@@ -34,7 +37,7 @@ def batchserve(repository: Path) -> Iterator[str]:
         yield url
 
 
-def client(app: FastAPI) -> httpx.AsyncClient:
+def client(app: FastAPI | Callable[..., Any]) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench")
 
 
@@ -74,8 +77,11 @@ async def test_baseline_scores_what_batchserve_scores(
         assert mine["perplexity"] == pytest.approx(theirs["perplexity"], rel=1e-4)
 
 
-async def test_floor_answers_in_batchserve_shape(batchserve: str) -> None:
-    floor = client(create_floor())
+@pytest.mark.parametrize("create", [create_floor, create_raw_floor], ids=["fastapi", "raw"])
+async def test_floor_answers_in_batchserve_shape(
+    batchserve: str, create: Callable[[], Callable[..., Any]]
+) -> None:
+    floor = client(create())
     for path, body, key in (
         (PREDICT, {"inputs": DIGITS}, "predictions"),
         (SCORE, {"inputs": NAMES}, "scores"),
