@@ -241,7 +241,8 @@ class DynamicBatcher:
                 f"ms; one batch of this model takes at least {self._fastest_s * 1000:.3g} ms"
             )
         limits = self.limits
-        batches = items // limits.max_batch_size + 1 + (self._in_flight > 0)
+        per_batch = min(limits.max_batch_size, limits.max_queue_size)  # a batch is what is queued
+        batches = items // per_batch + 1 + (self._in_flight > 0)
         expected_s = batches * self._turnaround_s
         if expected_s > remaining_s:
             raise QueueFull(
