@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     p.add_argument("--json-out", type=Path, help="default: results.json beside --out")
     p.add_argument("--profile", action="store_true", help="py-spy batchserve under predict load")
-    p.add_argument("--profile-out", type=Path, default=ROOT / "bench" / "profile-predict.json")
+    p.add_argument("--profile-out", type=Path, help="default: bench/profile-ENDPOINT.json")
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 2.0, 1.0
@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown server or endpoint: {sorted(unknown)}")
     args.json_out = args.json_out or args.out.with_name("results.json")
+    if args.endpoints:
+        args.profile_out = args.profile_out or ROOT / "bench" / f"profile-{args.endpoints[0]}.json"
     return args
 
 
@@ -389,9 +391,34 @@ def profile(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | N
     finally:
         servers.stop(server)
     summary = speedscope.summarise(json.loads(args.profile_out.read_text()))
-    print(f"\nwrote {args.profile_out} (open it in https://www.speedscope.app)\n")
-    print(speedscope.render(summary))
+    text = _profile_section(args, row, summary)
+    start, end = (f"<!-- profile-{endpoint}:{edge} -->" for edge in ("start", "end"))
+    report.write_marked_section(args.out, text, start, end)
+    print(f"\nwrote {args.profile_out} (open it in https://www.speedscope.app) and {args.out}\n")
+    print(text)
     return 0
+
+
+def _profile_section(args: argparse.Namespace, row: dict[str, Any], summary: dict[str, Any]) -> str:
+    m = machine()
+    endpoint, concurrency = row["endpoint"], row["concurrency"]
+    cpu_us = row["server_cpu"] / row["rps"] * 1e6 if row["rps"] else 0.0
+    return "\n".join(
+        [
+            f"## Where a request's time goes: py-spy, `{endpoint}` at c={concurrency}",
+            "",
+            f"`python -m bench.run --profile --endpoints {endpoint}` on {m['date']} UTC, commit "
+            f"{m['git_commit']}, {m['cpu_model']}: py-spy samples batchserve at 250 Hz for "
+            f"{round(args.duration)} s while wrk drives it ({row['rps']:,.0f} req/s under the "
+            f"profiler, {cpu_us:.0f} us of server CPU per request). Shares are of all samples of "
+            f"non-idle threads; `{args.profile_out.name}` holds the whole profile (speedscope).",
+            "",
+            "```",
+            speedscope.render(summary, top=15),
+            "```",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":
