@@ -27,7 +27,6 @@ from bench.load import measure
 from bench.report import write_marked_section
 from bench.servers import ROOT, start, stop
 
-START_MARK, END_MARK = "<!-- revisions:start -->", "<!-- revisions:end -->"
 PATHS = {"predict": "/v1/models/mnist-mlp/predict", "score": "/v1/models/names-lm/score"}
 
 
@@ -117,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(rows, args.revisions, args.duration)
     print(text)
     if args.out:
-        write_marked_section(args.out, text, START_MARK, END_MARK)
+        # One section per pair of commits, so that several comparisons can stand side by side.
+        pair = "..".join(args.revisions)
+        write_marked_section(
+            args.out, text, f"<!-- revisions {pair}:start -->", f"<!-- revisions {pair}:end -->"
+        )
     return 0
 
 
