@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -52,11 +53,18 @@ applies to the decompressed size), and answers of 1 KiB or more are compressed w
 
 
 class Application:
-    """The ASGI application uvicorn runs, and the handles the process needs on it."""
+    """The ASGI application uvicorn runs, and the handles the process needs on it. A worker among
+    several passes its multiprocess `metrics` and the health port's socket it shares."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        health_socket: socket.socket | None = None,
+    ) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
+        self.health_socket = health_socket
         self.lifecycle = Lifecycle()
         registry = ModelRegistry(settings, self._observe_batch, self._observe_step)
         self.plane = DataPlane(settings, registry, lifecycle=self.lifecycle)
@@ -108,7 +116,9 @@ class Application:
         self.lifecycle.starting = True
         health = None
         if settings.health_port is not None:
-            health = HealthServer(self.plane, settings.host, settings.health_port)
+            health = HealthServer(
+                self.plane, settings.host, settings.health_port, self.health_socket
+            )
             health.start()
             self.health_port = health.port
         if settings.grpc_port is not None:

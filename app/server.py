@@ -54,17 +54,22 @@ def uvicorn_config(app: Application, **options: Any) -> uvicorn.Config:
 
 def serve(settings: Settings, model_name: str | None = None) -> int:
     """Serve on settings.host:settings.port until SIGTERM (then drain and exit 0) or Ctrl+C;
-    `model_name` is the name KServe gives the server, logged for the operator."""
+    `model_name` is the name KServe gives the server, logged for the operator. With
+    settings.workers > 1, a supervisor process runs that many servers (app.workers)."""
     from app.logs import configure_logging
     from app.main import create_app
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, with_pid=settings.workers > 1)
     if model_name:
         log.info(
             "KServe model name %s (served: every model in %s)",
             model_name,
             settings.model_repository,
         )
+    if settings.workers > 1:
+        from app.workers import supervise
+
+        return supervise(settings)
     app = create_app(settings)
     host, port = settings.host, settings.port
     config = uvicorn_config(app, host=host, port=port, log_config=None)

@@ -8,7 +8,7 @@ import sysconfig
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import models
@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 only inside a container.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Server processes sharing the port, each loading its own copy of the models; "
+        "above 1 a supervisor starts them, replaces dead ones and sums their metrics.",
+    )
     health_port: int | None = Field(
         None,
         ge=0,
@@ -200,6 +207,26 @@ class Settings(BaseSettings):
         if not key:
             raise ValueError("blank (unset the variable to turn the admin API off)")
         return SecretStr(key)
+
+    @field_validator("grpc_port")
+    @classmethod
+    def _one_grpc_port_for_all_workers(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # Each worker binds the gRPC port itself (SO_REUSEPORT): 0 would give each its own.
+        if value == 0 and info.data.get("workers", 1) > 1:
+            raise ValueError("0 (any free port) with workers > 1: give the port the workers share")
+        return value
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _repository_api_needs_one_worker(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        if value is not None and info.data.get("workers", 1) > 1:
+            raise ValueError(
+                "the repository API loads and unloads models in the one worker that answers: "
+                "not available with workers > 1 (restart the server to change versions)"
+            )
+        return value
 
     @field_validator("compile")
     @classmethod

@@ -72,12 +72,30 @@ def test_kserve_flags_set_the_port_and_log_the_model_name(tmp_path: Path) -> Non
     assert "digits" in (tmp_path / "log").read_text()
 
 
-def test_more_than_one_worker_is_refused(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("argv", "env", "problem"),
+    [
+        (["--workers", "0"], {}, "--workers: Input should be greater than or equal to 1"),
+        (["--workers", "two"], {}, "--workers: Input should be a valid integer"),
+        ([], {"BATCHSERVE_WORKERS": "-1"}, "BATCHSERVE_WORKERS: Input should be greater than"),
+        (["--workers", "2", "--grpc-port", "0"], {}, "--grpc-port: Value error, 0 (any free"),
+        (["--workers", "2"], {"BATCHSERVE_ADMIN_API_KEY": "k"}, "BATCHSERVE_ADMIN_API_KEY: Value"),
+    ],
+    ids=["zero", "word", "variable", "grpc-port-0", "admin-api"],
+)
+def test_workers_nonsense_or_a_setting_they_cannot_share_stops_with_exit_2(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    env: dict[str, str],
+    problem: str,
 ) -> None:
     _clean_env(monkeypatch)
-    run = cli(capsys, "serve", "--workers", "4")
-    assert run.code == 2 and "--workers 4" in run.err and "replicas" in run.err
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    run = cli(capsys, "serve", *argv)
+    assert run.code == 2
+    assert run.err.startswith(f"batchserve: {problem}"), run.err
 
 
 @pytest.mark.parametrize(

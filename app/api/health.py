@@ -5,6 +5,7 @@ and an orchestrator that cannot reach its probe restarts a server that is in fac
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,10 +19,17 @@ PATHS = ("/v2/health/live", "/v2/health/ready")
 
 
 class HealthServer:
-    """`GET /v2/health/live` and `/v2/health/ready` on `host:port`, as on the main port."""
+    """`GET /v2/health/live` and `/v2/health/ready` on `host:port`, as on the main port; or on
+    `listening`, a socket already bound and listening (one that several workers share)."""
 
-    def __init__(self, plane: DataPlane, host: str, port: int) -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler(plane))
+    def __init__(
+        self, plane: DataPlane, host: str, port: int, listening: socket.socket | None = None
+    ) -> None:
+        self._server = ThreadingHTTPServer((host, port), _handler(plane), listening is None)
+        if listening is not None:
+            self._server.socket.close()
+            self._server.socket = listening
+            self._server.server_address = listening.getsockname()
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True

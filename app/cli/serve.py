@@ -50,7 +50,8 @@ def add(commands: Any) -> None:
         "option would show them in the process list): "
         + ", ".join(env_name(n) for n in secrets)
         + ". PORT is the port when BATCHSERVE_PORT and --port are unset (Knative, KServe, Cloud "
-        "Run set it). KServe's --model_name, --http_port and --workers are accepted."
+        "Run set it). KServe's --model_name and --http_port are accepted; its --workers is the "
+        "--workers above."
     )
     serve = commands.add_parser(
         "serve",
@@ -74,17 +75,11 @@ def add(commands: Any) -> None:
     kserve = serve.add_argument_group("KServe's flags (appended by its model server runtime)")
     kserve.add_argument("--model_name", metavar="NAME", help="logged; the repository decides")
     kserve.add_argument("--http_port", metavar="PORT", help="the same as --port")
-    kserve.add_argument("--workers", type=int, metavar="N", help="server processes: 1 for now")
+    # KServe's --workers is the setting's own option (BATCHSERVE_WORKERS), listed above.
     serve.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if args.workers is not None and args.workers != 1:
-        return fail(
-            "serve",
-            f"--workers {args.workers}: one server process per container for now; run more "
-            "replicas to use more cores",
-        )
     overrides, sources = _overrides(args)
     if isinstance(overrides, str):
         return fail("serve", overrides)

@@ -76,8 +76,9 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", settings.max_body_bytes),
                 ("grpc.max_send_message_length", -1),
                 # grpc's default lets a second server bind the same port and steal half of its
-                # connections; a port in use must be an error, as it is for HTTP.
-                ("grpc.so_reuseport", 0),
+                # connections; a port in use must be an error, as it is for HTTP. Several
+                # workers are meant to share it: each binds it, the kernel spreads connections.
+                ("grpc.so_reuseport", int(settings.workers > 1)),
             ],
         )
         register: Any = grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server
