@@ -131,6 +131,11 @@ class Settings(BaseSettings):
         description="Let CUDA use TF32 for matrix products and convolutions (faster on Ampere "
         "and later, but scores then differ from the CPU's by up to ~1e-2).",
     )
+    pin_memory: bool = Field(
+        True,
+        description="On CUDA, copy each batch to the GPU from page-locked (pinned) host memory, "
+        "without waiting; false = plain copies. No effect on the CPU.",
+    )
     warmup: bool = Field(True, description="Run warm-up forward passes when a model loads.")
     compile: bool = Field(
         False,

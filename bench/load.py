@@ -26,11 +26,14 @@ def run_wrk(
     cpu: str | None,
     script: Path = LUA,
     script_args: Sequence[str] = (),
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """One wrk run: -t1 (wrk has one core), -c`concurrency` keep-alive connections. `script`
-    gets `bodies` and then `script_args` after `--`; it must print post.lua's BENCH_JSON line."""
+    """One wrk run: -t`threads` (1: wrk has one core), -c`concurrency` keep-alive connections.
+    `script` gets `bodies` and then `script_args` after `--`; it must print post.lua's
+    BENCH_JSON line."""
     pin = ["taskset", "-c", cpu] if cpu is not None else []
-    command = [*pin, "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s"]
+    threads = max(1, min(threads, concurrency))
+    command = [*pin, "wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s"]
     command += ["--timeout", "10s", "--latency", "-s", str(script), url, "--", bodies]
     command += script_args
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

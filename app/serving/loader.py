@@ -91,7 +91,7 @@ async def load_model(
     await loop.run_in_executor(None, check_finite_outputs, module, config)
     if settings.compile:
         module = torch.compile(module, dynamic=True)  # type: ignore[assignment]
-    servable = make_servable(module, config, device)
+    servable = make_servable(module, config, device, settings.pin_memory)
     executor = executor_for(device)
     if settings.warmup:
         await loop.run_in_executor(executor, _warm_up, servable)

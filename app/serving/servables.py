@@ -56,11 +56,14 @@ class Servable(ABC, Generic[ItemT, OutputT, ResultT]):
     # with: a transport can refuse a body that holds more before it parses it.
     max_item_values: int = 1
 
-    def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, config: ModelConfig, device: torch.device, pin_memory: bool = True
+    ) -> None:
         self.model = model
         self.config = config
         self.device = device
-        self._pin = device.type == "cuda"
+        self.pin_memory = pin_memory  # as configured; it only takes effect on CUDA
+        self._pin = pin_memory and device.type == "cuda"
 
     @abstractmethod
     def parse_item(self, raw: Any, field: str, numbers_checked: bool = False) -> ItemT:
@@ -91,6 +94,8 @@ class Servable(ABC, Generic[ItemT, OutputT, ResultT]):
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self._pin:
             return tensor.pin_memory().to(self.device, non_blocking=True)
+        if self.device.type != "cpu":
+            return tensor.to(self.device)
         return tensor
 
 
@@ -111,8 +116,10 @@ class Classifier(Servable[ItemT, list[float], ClassScores]):
 class VectorClassifier(Classifier[Vector]):
     """A classifier over fixed-size float vectors (the MNIST MLP)."""
 
-    def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
-        super().__init__(model, config, device)
+    def __init__(
+        self, model: nn.Module, config: ModelConfig, device: torch.device, pin_memory: bool = True
+    ) -> None:
+        super().__init__(model, config, device, pin_memory)
         assert isinstance(config.input, VectorInput)
         self.width = math.prod(config.input.shape)
         layouts = [config.input.shape, *config.input.also_shapes]
@@ -247,8 +254,10 @@ def _padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 class TextClassifier(Classifier[list[int]]):
     """A classifier over strings (the surname RNN)."""
 
-    def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
-        super().__init__(model, config, device)
+    def __init__(
+        self, model: nn.Module, config: ModelConfig, device: torch.device, pin_memory: bool = True
+    ) -> None:
+        super().__init__(model, config, device, pin_memory)
         self.text = CharacterInput(config)
         # Commas and brackets inside a string count too (the pre-parse count cannot tell).
         self.max_item_values = 1 + self.text.max_raw_length
@@ -274,8 +283,10 @@ class SequenceScorer(Servable[ScoreItem, TokenScores, SequenceScore]):
 
     task = "score"
 
-    def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
-        super().__init__(model, config, device)
+    def __init__(
+        self, model: nn.Module, config: ModelConfig, device: torch.device, pin_memory: bool = True
+    ) -> None:
+        super().__init__(model, config, device, pin_memory)
         self.text = CharacterInput(config)
         self.vocab = self.text.vocab
         self.max_length = self.text.max_length
@@ -366,12 +377,14 @@ class SequenceScorer(Servable[ScoreItem, TokenScores, SequenceScore]):
 AnyServable = Servable[Any, Any, Any]
 
 
-def make_servable(model: nn.Module, config: ModelConfig, device: torch.device) -> AnyServable:
+def make_servable(
+    model: nn.Module, config: ModelConfig, device: torch.device, pin_memory: bool = True
+) -> AnyServable:
     if config.task == "score":
-        return SequenceScorer(model, config, device)
+        return SequenceScorer(model, config, device, pin_memory)
     if isinstance(config.input, TextInput):
-        return TextClassifier(model, config, device)
-    return VectorClassifier(model, config, device)
+        return TextClassifier(model, config, device, pin_memory)
+    return VectorClassifier(model, config, device, pin_memory)
 
 
 _JSON_TYPES: dict[type, str] = {
