@@ -131,8 +131,15 @@ class Application:
         # the collector's full passes from walking them again during serving.
         gc.collect()
         gc.freeze()
+        # Every request allocates dozens of short-lived container objects, and with Python's
+        # threshold (700) the collector runs every few requests; those in flight then move up a
+        # generation and are walked again and again. Under 1,024 connections that was a third
+        # of the CPU (bench/RESULTS.md, "Garbage collection"). Cycles are rare on this path.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(settings.gc_threshold, *thresholds[1:])
         self._log_start(registry)
         yield
+        gc.set_threshold(*thresholds)
         await self.stop_grpc()
         await registry.close()
         if health is not None:

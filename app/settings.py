@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         1, ge=1, le=256, description="CPU threads for each forward pass (torch.set_num_threads)."
     )
+    gc_threshold: int = Field(
+        10_000,
+        ge=0,
+        description="Net new objects between two young-generation garbage collections "
+        "(Python's default is 700; the older generations keep theirs); 0 = the collector off.",
+    )
     allow_tf32: bool = Field(
         False,
         description="Let CUDA use TF32 for matrix products and convolutions (faster on Ampere "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -117,3 +118,17 @@ def test_tf32_is_off_unless_the_operator_allows_it(tmp_path: Path) -> None:
     with live_server(settings_for(repository, allow_tf32=True)):
         on = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     assert off == (False, False) and on == (True, True)
+
+
+def test_the_collector_threshold_is_the_settings_while_serving(tmp_path: Path) -> None:
+    """Python's young-generation threshold (700) made the collector a third of the CPU under
+    1,024 connections; the server raises it for as long as it serves, then puts it back."""
+    repository = write_tiny_repository(tmp_path / "repository")
+    before = gc.get_threshold()
+    with live_server(settings_for(repository)):
+        default = gc.get_threshold()
+    with live_server(settings_for(repository, gc_threshold=54321)):
+        chosen = gc.get_threshold()
+    assert default == (10_000, *before[1:])
+    assert chosen == (54321, *before[1:])
+    assert gc.get_threshold() == before
