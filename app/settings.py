@@ -71,6 +71,14 @@ class Settings(BaseSettings):
         description="Close a batch before max_batch_delay_ms once this many event-loop turns "
         "bring no new item (arrivals stopped); 0 always waits the full delay.",
     )
+    inline_max_ms: float = Field(
+        0.5,
+        ge=0,
+        le=1000,
+        description="A lone item runs on the event loop instead of the inference thread when "
+        "nothing else is computing and one item has been taking at most this long (saves the "
+        "~70 us hand-off at low load); 0 = always the thread.",
+    )
     max_batch_tokens: int = Field(
         8192, ge=1, description="Most characters in one batch of a text model (caps long strings)."
     )

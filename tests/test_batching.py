@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -432,3 +433,77 @@ def test_a_burst_at_a_full_queue_waits_for_room_instead_of_503(repository: Path)
         got, want = answered.json()["predictions"][0], one["predictions"][0]
         assert got["label"] == want["label"]
         assert abs(got["probability"] - want["probability"]) <= PROBABILITY_TOLERANCE
+
+
+def _threads_recorded(seconds: float = 0.0) -> tuple[list[int], Any]:
+    threads: list[int] = []
+
+    def run(items: list[int]) -> list[int]:
+        threads.append(threading.get_ident())
+        time.sleep(seconds)
+        return [2 * i for i in items]
+
+    return threads, run
+
+
+async def test_a_lone_item_of_a_quick_model_runs_on_the_event_loop() -> None:
+    """The hand-off to the inference thread is most of a small model's answer at concurrency
+    1: once one item is known to be quick, a lone item with the thread idle runs on the loop."""
+    loop_thread = threading.get_ident()
+    threads, run = _threads_recorded()
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(run, executor, BatchLimits(max_batch_delay_ms=0))
+        batcher.start()
+        answers = [await batcher.submit([i])[0].future for i in range(4)]
+        together = batcher.submit([10, 11, 12])  # a batch of three: the thread, as always
+        answers += await asyncio.gather(*(w.future for w in together))
+        await batcher.stop()
+    assert answers == [0, 2, 4, 6, 20, 22, 24]
+    assert threads[0] != loop_thread  # nothing known yet: the thread
+    assert threads[1:4] == [loop_thread] * 3
+    assert loop_thread not in threads[4:]
+
+
+async def test_a_slow_model_or_inline_max_0_always_uses_the_inference_thread() -> None:
+    loop_thread = threading.get_ident()
+    for seconds, inline_max_ms in ((0.002, 0.5), (0.0, 0.0)):
+        threads, run = _threads_recorded(seconds)
+        with ThreadPoolExecutor(1) as executor:
+            limits = BatchLimits(max_batch_delay_ms=0, inline_max_ms=inline_max_ms)
+            batcher = DynamicBatcher(run, executor, limits)
+            batcher.start()
+            answers = [await batcher.submit([i])[0].future for i in range(4)]
+            await batcher.stop()
+        assert answers == [0, 2, 4, 6]
+        assert loop_thread not in threads, (seconds, inline_max_ms)
+
+
+async def test_a_lone_item_waits_for_the_thread_while_a_batch_computes_there() -> None:
+    """Two computations at once would contend for the device: with a batch on the inference
+    thread, a lone item queues behind it there instead of running on the loop."""
+    loop_thread = threading.get_ident()
+    threads: list[tuple[list[int], int]] = []
+    release = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        threads.append((items, threading.get_ident()))
+        if 100 in items:
+            release.wait(10)
+        return items
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher = DynamicBatcher(run, executor, BatchLimits(max_batch_delay_ms=0))
+        batcher.start()
+        assert await batcher.submit([1])[0].future == 1  # now known to be quick
+        held = batcher.submit([100, 101])  # two items: the thread, held there
+        while len(threads) < 2:
+            await asyncio.sleep(0.001)
+        lone = batcher.submit([5])[0]
+        for _ in range(20):
+            await asyncio.sleep(0.001)
+        assert not lone.future.done()  # not run on the loop past the held batch
+        release.set()
+        assert await lone.future == 5
+        assert [await w.future for w in held] == [100, 101]
+        await batcher.stop()
+    assert [t for items, t in threads if items == [5]] != [loop_thread]

@@ -149,6 +149,7 @@ def batch_limits(config: ModelConfig, settings: Settings) -> BatchLimits:
         max_waiting=settings.max_connections,
         retry_after_s=settings.retry_after_s,
         idle_turns_to_close=settings.batch_idle_turns,
+        inline_max_ms=settings.inline_max_ms,
     )
 
 
