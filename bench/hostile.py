@@ -269,7 +269,6 @@ def run_attack(attack: Attack, spec: ServerSpec, tmp: Path, cpus: tuple[str | No
 
 def batchserve_spec(source: Path, repository: Path) -> ServerSpec:
     env = {
-        "PYTHONPATH": str(source),
         "BATCHSERVE_MODEL_REPOSITORY": str(repository),
         "BATCHSERVE_DEVICE": "cpu",
         "BATCHSERVE_TORCH_THREADS": "1",
@@ -278,7 +277,12 @@ def batchserve_spec(source: Path, repository: Path) -> ServerSpec:
         "OMP_NUM_THREADS": "1",
     }
     return ServerSpec(
-        "batchserve", "python -m app serve", ["-m", "app", "serve", "--host", HOST], env, _ready
+        "batchserve",
+        "python -m app serve",
+        ["-m", "app", "serve", "--host", HOST],
+        env,
+        _ready,
+        source,
     )
 
 

@@ -32,6 +32,9 @@ class ServerSpec:
     args: list[str]  # after `python`; the port is appended as `--port N`
     env: dict[str, str]
     ready: Callable[[int], bool]
+    # The source tree it runs from: its working directory and PYTHONPATH, so that `-m app`
+    # imports that tree's app/ and models/ (another commit's worktree, say), not this one's.
+    source: Path = ROOT
 
 
 @dataclass
@@ -142,12 +145,17 @@ def start(spec: ServerSpec, log_dir: Path, cpu: str | None, timeout_s: float = 1
     port = free_port()
     pin = ["taskset", "-c", cpu] if cpu is not None else []
     command = [*pin, sys.executable, *spec.args, "--port", str(port)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **spec.env}
+    env = {**os.environ, **spec.env, "PYTHONPATH": str(spec.source)}
     log_path = log_dir / f"{spec.name}.log"
     with log_path.open("wb") as log:
         # A new session: Ctrl-C in the terminal reaches the runner only, which stops us in order.
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=spec.source,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = Server(spec, port, process, log_path)
     try:

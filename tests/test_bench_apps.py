@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from bench import hostile, servers
 from bench.baseline_app import create_app as create_baseline
 from bench.floor_app import create_app as create_floor
 from bench.raw_floor_app import create_app as create_raw_floor
@@ -100,3 +101,32 @@ async def test_baseline_and_floor_validate_the_body_with_pydantic(repository: Pa
         http = client(app)
         assert (await http.post(PREDICT, json={"inputs": ["not numbers"]})).status_code == 422
         assert (await http.post(SCORE, json={"inputs": [1, 2]})).status_code == 422
+
+
+def test_an_older_commits_server_runs_that_commits_code(tmp_path: Path) -> None:
+    """bench.hostile --before and bench.revisions serve another commit from a worktree: its
+    `python -m app serve` must import that tree's app/, not this checkout's (as it once did,
+    measuring this checkout twice)."""
+    tree = tmp_path / "tree"
+    (tree / "app").mkdir(parents=True)
+    (tree / "app" / "__init__.py").write_text("")
+    (tree / "app" / "__main__.py").write_text(
+        "import sys\n"
+        "from http.server import BaseHTTPRequestHandler, HTTPServer\n"
+        "class H(BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        body = b'the other tree'\n"
+        "        self.send_response(200)\n"
+        "        self.send_header('Content-Length', str(len(body)))\n"
+        "        self.end_headers()\n"
+        "        self.wfile.write(body)\n"
+        "port = int(sys.argv[sys.argv.index('--port') + 1])\n"
+        "HTTPServer(('127.0.0.1', port), H).serve_forever()\n"
+    )
+    spec = hostile.batchserve_spec(tree, tree / "models" / "repository")
+    server = servers.start(spec, tmp_path, None, timeout_s=30)
+    try:
+        answer = httpx.get(f"{server.base_url}/v2/health/ready", timeout=5)
+    finally:
+        servers.stop(server)
+    assert answer.text == "the other tree"
