@@ -28,6 +28,7 @@ from app.api.grpc.generated import model_config_pb2
 from app.main import Application
 from tests.conftest import live_app, settings_for, write_tiny_repository
 from tests.numbers import LOG_PROB_TOLERANCE, PROBABILITY_TOLERANCE
+from tests.v1_reference import model_labels, v1_labels, v1_probabilities
 
 MODELS = ("mnist-mlp", "names-rnn", "names-lm")
 NAMES = ["Smith", "Nakamura", "Rossi", "Kowalski"]
@@ -64,28 +65,6 @@ def stub(shipped_grpc: str) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
     return np.random.default_rng(0).random((3, 784), dtype=np.float32)
-
-
-def _labels(url: str, model: str) -> list[str]:
-    labels: list[str] = httpx.get(f"{url}/v1/models/{model}").json()["labels"]
-    return labels
-
-
-def _v1_probabilities(url: str, model: str, inputs: list[Any]) -> np.ndarray:
-    top_k = len(_labels(url, model))
-    body = httpx.post(f"{url}/v1/models/{model}/predict", json={"inputs": inputs, "top_k": top_k})
-    rows = []
-    for prediction in body.json()["predictions"]:
-        row = [0.0] * top_k
-        for ranked in prediction["top_k"]:
-            row[ranked["index"]] = ranked["probability"]
-        rows.append(row)
-    return np.array(rows)
-
-
-def _v1_labels(url: str, model: str, inputs: list[Any]) -> list[str]:
-    body = httpx.post(f"{url}/v1/models/{model}/predict", json={"inputs": inputs})
-    return [p["label"] for p in body.json()["predictions"]]
 
 
 def _strings(array: np.ndarray) -> list[str]:
@@ -168,18 +147,18 @@ def test_mnist_infer_gives_the_probabilities_and_labels_of_v1(
     result = client.infer(
         "mnist-mlp", [_image(images)], outputs=_outputs(["probabilities", "label"])
     )
-    expected = _v1_probabilities(url, "mnist-mlp", images.tolist())
+    expected = v1_probabilities(url, "mnist-mlp", images.tolist())
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=RTOL, atol=ATOL)
-    assert _strings(result.as_numpy("label")) == _v1_labels(url, "mnist-mlp", images.tolist())
+    assert _strings(result.as_numpy("label")) == v1_labels(url, "mnist-mlp", images.tolist())
 
 
 def test_names_rnn_infer_gives_the_probabilities_and_labels_of_v1(
     client: triton_grpc.InferenceServerClient, url: str
 ) -> None:
     result = client.infer("names-rnn", [_text(NAMES)], outputs=_outputs(["probabilities", "label"]))
-    expected = _v1_probabilities(url, "names-rnn", NAMES)
+    expected = v1_probabilities(url, "names-rnn", NAMES)
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=RTOL, atol=ATOL)
-    assert _strings(result.as_numpy("label")) == _v1_labels(url, "names-rnn", NAMES)
+    assert _strings(result.as_numpy("label")) == v1_labels(url, "names-rnn", NAMES)
 
 
 def test_names_lm_infer_gives_the_scores_of_v1(
@@ -291,8 +270,8 @@ def test_classification_gives_the_top_classes_as_value_index_label(
     result = client.infer("names-rnn", [_text(NAMES[:2])], outputs=[output])
     classes = result.as_numpy("probabilities")
     assert classes.shape == (2, 2)
-    labels = _labels(url, "names-rnn")
-    expected = _v1_probabilities(url, "names-rnn", NAMES[:2])
+    labels = model_labels(url, "names-rnn")
+    expected = v1_probabilities(url, "names-rnn", NAMES[:2])
     for row, probabilities in zip(classes.tolist(), expected, strict=True):
         value, index, label = row[0].decode().split(":")
         assert int(index) == int(np.argmax(probabilities)) and label == labels[int(index)]

@@ -18,6 +18,7 @@ import tritonclient.http as triton
 from app.main import create_app
 from tests.conftest import SHIPPED, live_server, settings_for, write_tiny_repository
 from tests.numbers import LOG_PROB_TOLERANCE, PROBABILITY_TOLERANCE, assert_same_numbers
+from tests.v1_reference import model_labels, v1_labels, v1_probabilities
 
 MODELS = ("mnist-mlp", "names-rnn", "names-lm")
 NAMES = ["Smith", "Nakamura", "Rossi", "Kowalski"]
@@ -50,29 +51,6 @@ def client(url: str) -> Iterator[triton.InferenceServerClient]:
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
     return np.random.default_rng(0).random((3, 784), dtype=np.float32)
-
-
-def _labels(url: str, model: str) -> list[str]:
-    labels: list[str] = httpx.get(f"{url}/v1/models/{model}").json()["labels"]
-    return labels
-
-
-def _v1_probabilities(url: str, model: str, inputs: list[Any]) -> np.ndarray:
-    """/v1's probabilities for every label, in label order."""
-    top_k = len(_labels(url, model))
-    body = httpx.post(f"{url}/v1/models/{model}/predict", json={"inputs": inputs, "top_k": top_k})
-    rows = []
-    for prediction in body.json()["predictions"]:
-        row = [0.0] * top_k
-        for ranked in prediction["top_k"]:
-            row[ranked["index"]] = ranked["probability"]
-        rows.append(row)
-    return np.array(rows)
-
-
-def _v1_labels(url: str, model: str, inputs: list[Any]) -> list[str]:
-    body = httpx.post(f"{url}/v1/models/{model}/predict", json={"inputs": inputs})
-    return [p["label"] for p in body.json()["predictions"]]
 
 
 def _text_input(names: list[str], binary: bool) -> triton.InferInput:
@@ -140,7 +118,7 @@ def _expected_tensors(url: str, model: str) -> tuple[list[dict], list[dict]]:
             {"name": "perplexity", "datatype": "FP32", "shape": [-1]},
         ]
     else:
-        classes = len(_labels(url, model))
+        classes = len(model_labels(url, model))
         outputs = [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
@@ -173,9 +151,9 @@ def test_mnist_infer_gives_the_probabilities_and_labels_of_v1(
     result = client.infer(
         "mnist-mlp", [tensor], outputs=_outputs(["probabilities", "label"], binary)
     )
-    expected = _v1_probabilities(url, "mnist-mlp", images.tolist())
+    expected = v1_probabilities(url, "mnist-mlp", images.tolist())
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=RTOL, atol=ATOL)
-    assert _strings(result.as_numpy("label")) == _v1_labels(url, "mnist-mlp", images.tolist())
+    assert _strings(result.as_numpy("label")) == v1_labels(url, "mnist-mlp", images.tolist())
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
@@ -184,9 +162,9 @@ def test_names_rnn_infer_gives_the_probabilities_and_labels_of_v1(
 ) -> None:
     outputs = _outputs(["probabilities", "label"], binary)
     result = client.infer("names-rnn", [_text_input(NAMES, binary)], outputs=outputs)
-    expected = _v1_probabilities(url, "names-rnn", NAMES)
+    expected = v1_probabilities(url, "names-rnn", NAMES)
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=RTOL, atol=ATOL)
-    assert _strings(result.as_numpy("label")) == _v1_labels(url, "names-rnn", NAMES)
+    assert _strings(result.as_numpy("label")) == v1_labels(url, "names-rnn", NAMES)
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
@@ -337,7 +315,7 @@ def test_binary_outputs_follow_the_json_header_as_the_extension_defines(url: str
         (size,) = struct.unpack_from("<I", payload, offset)
         labels.append(payload[offset + 4 : offset + 4 + size].decode())
         offset += 4 + size
-    assert labels == _v1_labels(url, "names-rnn", NAMES[:2])
+    assert labels == v1_labels(url, "names-rnn", NAMES[:2])
 
 
 def _binary_text_request(names: list[str], declared_size: int | None = None) -> tuple[bytes, str]:
