@@ -9,10 +9,11 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -423,6 +424,50 @@ def test_a_model_of_another_kind_gets_a_form_from_its_metadata_and_a_table(
         long.get_by_role("textbox").fill("\n".join(["1, 2, 3, 4"] * 5))
         long.get_by_role("button", name="Run").click()
         expect(long.locator('table[data-output="probabilities"] td')).to_have_count(2)
+        tab.assert_clean(400, 401)
+
+
+def answer_with(body: dict[str, Any]) -> Callable[[Route], None]:
+    return lambda route: route.fulfill(json=body)
+
+
+def test_a_kind_the_page_has_never_seen_still_gets_a_form_and_its_errors(
+    chromium: Browser, keyed_server: str
+) -> None:
+    # Kinds other helpers may add (a regression over numeric sequences) described the way /v1
+    # and /v2 describe models; the page's answer to them, the API's real answer to the request.
+    v1 = {"name": "four-features", "task": "regress", "state": "ready", "labels": [],
+          "input": {"kind": "sequence", "features": 3}}  # fmt: skip
+    v2 = {"name": "four-features", "versions": ["1"], "platform": "pytorch",
+          "inputs": [{"name": "steps", "datatype": "FP32", "shape": [-1, -1, 3]},
+                     {"name": "horizon", "datatype": "INT32", "shape": [-1]}],
+          "outputs": [{"name": "forecast", "datatype": "FP32", "shape": [-1, -1]}]}  # fmt: skip
+    with playground(chromium, keyed_server) as tab:
+        for path, body in (("v1", v1), ("v2", v2)):
+            tab.page.route(f"{keyed_server}/{path}/models/four-features", answer_with(body))
+        enter_key(tab, KEY)
+        panel = tab.panel("four-features")
+        expect(panel).to_have_attribute("data-panel", "genericPanel")
+        steps = panel.get_by_role("textbox", name="steps")
+        assert steps.input_value() == "0, 0, 0"
+        steps.fill("1, 2, 3\n4, 5, 6")
+        panel.get_by_role("spinbutton", name="horizon[0]").fill("2")
+        with tab.page.expect_request("**/infer") as sent:
+            panel.get_by_role("button", name="Run").click()
+        request = sent.value.post_data_json
+        assert request is not None
+        inputs = request["inputs"]
+        assert [(i["name"], i["shape"], i["data"]) for i in inputs] == [
+            ("steps", [1, 2, 3], [1, 2, 3, 4, 5, 6]),
+            ("horizon", [1], [2]),
+        ]
+        error = panel.locator(".result .error").inner_text()
+        direct = httpx.post(
+            f"{keyed_server}/v2/models/four-features/infer",
+            json={"inputs": inputs},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        assert direct.status_code == 400 and error == direct.json()["error"]
         tab.assert_clean(400, 401)
 
 

@@ -11,30 +11,56 @@ const fixed = (shape) => shape.slice(1); // the shape of one item (the first dim
 
 // Numbers from CSV: one row per line, values separated by commas or spaces.
 function parseRows(text, inputName) {
-  const lines = text.split("\n").map((line) => line.trim()).filter(Boolean);
+  const lines = text
+    .split("\n")
+    .map((line) => line.trim())
+    .filter(Boolean);
   return lines.map((line, row) =>
-    line.split(/[\s,;]+/).filter(Boolean).map((value, column) => {
-      const number = Number(value);
-      if (Number.isNaN(number)) {
-        throw new Error(`${inputName}: row ${row + 1}, value ${column + 1}: '${value}' is not a number`);
-      }
-      return number;
-    }),
+    line
+      .split(/[\s,;]+/)
+      .filter(Boolean)
+      .map((value, column) => {
+        const number = Number(value);
+        if (Number.isNaN(number)) {
+          throw new Error(
+            `${inputName}: row ${row + 1}, value ${column + 1}: '${value}' is not a number`,
+          );
+        }
+        return number;
+      }),
   );
 }
 
 // One input's field and how to read it into a /v2 tensor of one item.
 function inputField(spec) {
   const shape = fixed(spec.shape);
-  const tensor = (itemShape, data) => ({ name: spec.name, datatype: spec.datatype, shape: [1, ...itemShape], data });
+  const tensor = (itemShape, data) => ({
+    name: spec.name,
+    datatype: spec.datatype,
+    shape: [1, ...itemShape],
+    data,
+  });
   const asType = (values) => (spec.datatype === "BOOL" ? values.map((v) => v !== 0) : values);
-  const label = el("span", { class: "input-name" }, `${spec.name} (${spec.datatype}, [${spec.shape.join(", ")}])`);
+  const label = el(
+    "span",
+    { class: "input-name" },
+    `${spec.name} (${spec.datatype}, [${spec.shape.join(", ")}])`,
+  );
   if (spec.datatype === "BYTES") {
     const box = el("input", { type: "text", "aria-label": spec.name });
-    return { view: el("label", {}, label, box), read: () => tensor(shape.map(() => 1), [box.value]) };
+    return {
+      view: el("label", {}, label, box),
+      read: () =>
+        tensor(
+          shape.map(() => 1),
+          [box.value],
+        ),
+    };
   }
-  if (shape.length === 1 && shape[0] > 0 && shape[0] <= MAX_FIELDS) {
-    const boxes = Array.from({ length: shape[0] }, (_, i) =>
+  // A scalar per item, or a short vector: a box per number.
+  const count = shape.length === 0 ? 1 : shape.length === 1 && shape[0] > 0 ? shape[0] : 0;
+  if (count > 0 && count <= MAX_FIELDS) {
+    const boxes = Array.from({ length: count }, (_, i) =>
       el("input", { type: "number", step: "any", value: 0, "aria-label": `${spec.name}[${i}]` }),
     );
     const read = () => tensor(shape, asType(boxes.map((box) => Number(box.value))));
@@ -42,7 +68,11 @@ function inputField(spec) {
   }
   // Longer vectors and sequences (a row per step): CSV, prefilled with one row of zeros.
   const width = shape.at(-1) > 0 ? shape.at(-1) : 1;
-  const area = el("textarea", { rows: 4, "aria-label": spec.name, placeholder: "CSV: one row per line" });
+  const area = el("textarea", {
+    rows: 4,
+    "aria-label": spec.name,
+    placeholder: "CSV: one row per line",
+  });
   area.value = Array(width).fill(0).join(", ");
   const read = () => {
     const rows = parseRows(area.value, spec.name);
@@ -58,18 +88,27 @@ function outputTable(output, labels) {
   const item = fixed(output.shape);
   const columns = item.length ? item.at(-1) : 1;
   const data = output.data.slice(0, MAX_CELLS);
-  const heads = labels.length === columns ? labels : Array.from({ length: columns }, (_, i) => String(i));
-  const cell = (value) => el("td", {}, typeof value === "number" ? String(Number(value.toPrecision(6))) : String(value));
+  // Columns are named by the labels when there is one per column, else numbered; a scalar has none.
+  let heads =
+    labels.length === columns ? labels : Array.from({ length: columns }, (_, i) => String(i));
+  if (!item.length) heads = [];
+  const cell = (value) =>
+    el("td", {}, typeof value === "number" ? String(Number(value.toPrecision(6))) : String(value));
   const rows = [];
   for (let start = 0; start < data.length; start += columns) {
     rows.push(el("tr", {}, ...data.slice(start, start + columns).map(cell)));
   }
-  const more = output.data.length > MAX_CELLS ? ` (the first ${MAX_CELLS} of ${output.data.length})` : "";
+  const more =
+    output.data.length > MAX_CELLS ? ` (the first ${MAX_CELLS} of ${output.data.length})` : "";
   return el(
     "table",
     { class: "output", "data-output": output.name },
     el("caption", {}, `${output.name} (${output.datatype}, [${output.shape.join(", ")}])${more}`),
-    el("thead", {}, el("tr", {}, ...heads.map((head) => el("th", {}, head)))),
+    el(
+      "thead",
+      {},
+      ...(heads.length ? [el("tr", {}, ...heads.map((head) => el("th", {}, head)))] : []),
+    ),
     el("tbody", {}, ...rows),
   );
 }
@@ -86,7 +125,9 @@ export async function genericPanel(body, meta) {
     try {
       const inputs = fields.map((field) => field.read());
       const answer = await postJson(modelPath("v2", meta.name, "/infer"), { inputs });
-      result.replaceChildren(...answer.outputs.map((output) => outputTable(output, meta.labels ?? [])));
+      result.replaceChildren(
+        ...answer.outputs.map((output) => outputTable(output, meta.labels ?? [])),
+      );
     } catch (error) {
       result.replaceChildren(errorLine(error));
     }
