@@ -118,7 +118,11 @@ export function imageClassifierPanel(body, meta) {
   async function classify() {
     drawStrokes(context, strokes);
     const alpha = context.getImageData(0, 0, PAD, PAD).data.filter((_, i) => i % 4 === 3);
-    const pixels = mnistPixels(Float32Array.from(alpha, (a) => a / 255), PAD, PAD);
+    const pixels = mnistPixels(
+      Float32Array.from(alpha, (a) => a / 255),
+      PAD,
+      PAD,
+    );
     showPreview(preview, pixels);
     const ask = ++asked;
     // data-strokes says which drawing the answer shown is for.

@@ -27,7 +27,11 @@ function band(logProb) {
 // its log-prob (absent when unknown).
 function tokenView(token, logProb, alternatives, generated) {
   const classes = ["token", band(logProb), token === END ? "end" : "", generated ? "new" : ""];
-  const view = el("span", { class: classes.join(" ").trim(), tabindex: 0 }, token === END ? "⏎" : token);
+  const view = el(
+    "span",
+    { class: classes.join(" ").trim(), tabindex: 0 },
+    token === END ? "⏎" : token,
+  );
   view.dataset.token = token;
   view.dataset.logprob = String(logProb);
   if (alternatives) view.dataset.alternatives = JSON.stringify(alternatives);
@@ -38,14 +42,27 @@ function tooltipFor(view) {
   const logProb = Number(view.dataset.logprob);
   const token = view.dataset.token === END ? "end of name" : `'${view.dataset.token}'`;
   const lines = [
-    el("div", { class: "logprob" }, `${token}: log p = ${logProb.toFixed(5)} (p = ${percent(Math.exp(logProb))})`),
+    el(
+      "div",
+      { class: "logprob" },
+      `${token}: log p = ${logProb.toFixed(5)} (p = ${percent(Math.exp(logProb))})`,
+    ),
   ];
   if (view.dataset.alternatives) {
     const top = Object.entries(JSON.parse(view.dataset.alternatives));
     const rows = top.map(([alt, lp]) =>
-      el("tr", {}, el("td", {}, alt === END ? "⏎ end" : alt), el("td", {}, lp.toFixed(3)), el("td", {}, percent(Math.exp(lp)))),
+      el(
+        "tr",
+        {},
+        el("td", {}, alt === END ? "⏎ end" : alt),
+        el("td", {}, lp.toFixed(3)),
+        el("td", {}, percent(Math.exp(lp))),
+      ),
     );
-    lines.push(el("div", {}, "the model's top choices here:"), el("table", { class: "alternatives" }, ...rows));
+    lines.push(
+      el("div", {}, "the model's top choices here:"),
+      el("table", { class: "alternatives" }, ...rows),
+    );
   }
   return lines;
 }
@@ -94,7 +111,10 @@ export function languageModelPanel(body, meta) {
     tooltip.style.left = `${view.offsetLeft}px`;
     tooltip.style.top = `${view.offsetTop + view.offsetHeight + 4}px`;
   };
-  tokens.addEventListener("pointerover", (event) => event.target.dataset?.logprob && show(event.target));
+  tokens.addEventListener(
+    "pointerover",
+    (event) => event.target.dataset?.logprob && show(event.target),
+  );
   tokens.addEventListener("focusin", (event) => show(event.target));
   tokens.addEventListener("pointerleave", () => (tooltip.hidden = true));
   tokens.addEventListener("focusout", () => (tooltip.hidden = true));
@@ -119,9 +139,9 @@ export function languageModelPanel(body, meta) {
     tokens.replaceChildren(
       ...result.tokens.map((t, i) => tokenView(t.token, t.log_prob, top[i], i >= generatedFrom)),
     );
-    totals.replaceChildren(
-      `log P = ${result.log_prob.toFixed(4)} · ${result.num_tokens} tokens · perplexity ${result.perplexity.toFixed(3)}`,
-    );
+    const { log_prob: logProb, num_tokens: count, perplexity } = result;
+    const words = `log P = ${logProb.toFixed(4)} · ${count} tokens · perplexity ${perplexity.toFixed(3)}`;
+    totals.replaceChildren(words);
   }
 
   async function rescoreNow(text, generatedFrom) {
@@ -170,9 +190,12 @@ export function languageModelPanel(body, meta) {
         text += choice.text;
         finish = choice.finish_reason ?? finish;
       }
-      const why = { stop: "the model ended the name", length: "the length limit" }[finish] ?? finish;
+      const why =
+        { stop: "the model ended the name", length: "the length limit" }[finish] ?? finish;
       const count = text.length - prompt.length;
-      state.replaceChildren(`Done: ${count} new character${count === 1 ? "" : "s"}, stopped by ${why}.`);
+      state.replaceChildren(
+        `Done: ${count} new character${count === 1 ? "" : "s"}, stopped by ${why}.`,
+      );
     } catch (error) {
       state.replaceChildren(error.name === "AbortError" ? "Stopped." : errorLine(error));
     }

@@ -28,7 +28,8 @@ async function panelFor(name) {
     const meta = await getJson(modelPath("v1", name));
     section.dataset.task = meta.task;
     if (meta.description) body.before(el("p", { class: "description" }, meta.description));
-    if (meta.state !== "ready") body.append(el("p", { class: "error" }, `${meta.state}: ${meta.reason ?? ""}`));
+    if (meta.state !== "ready")
+      body.append(el("p", { class: "error" }, `${meta.state}: ${meta.reason ?? ""}`));
     const build = PANELS.find(([fits]) => fits(meta))?.[1] ?? genericPanel;
     section.dataset.panel = build.name;
     await build(body, meta);
@@ -43,11 +44,15 @@ async function load() {
   try {
     const listing = await getJson("v1/models");
     keyForm.hidden = true;
-    panels.replaceChildren(...(await Promise.all(listing.models.map((model) => panelFor(model.name)))));
+    panels.replaceChildren(
+      ...(await Promise.all(listing.models.map((model) => panelFor(model.name)))),
+    );
     const count = listing.models.length;
     status.replaceChildren(count ? `${count} models served.` : "This server serves no models.");
   } catch (error) {
-    status.replaceChildren(error instanceof ApiError && error.status === 401 ? "" : errorLine(error));
+    status.replaceChildren(
+      error instanceof ApiError && error.status === 401 ? "" : errorLine(error),
+    );
   }
 }
 
