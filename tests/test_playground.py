@@ -5,6 +5,7 @@ console error and uncaught exception is collected: each test ends with both list
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import re
@@ -108,9 +109,11 @@ def chromium() -> Iterator[Browser]:
 
 
 @contextmanager
-def playground(browser: Browser, server: str, width: int = 1280) -> Iterator[Tab]:
-    """The page loaded at `width` CSS pixels, its panels built."""
-    context = browser.new_context(viewport={"width": width, "height": 900})
+def playground(
+    browser: Browser, server: str, width: int = 1280, touch: bool = False
+) -> Iterator[Tab]:
+    """The page loaded at `width` CSS pixels (with a touch screen when `touch`)."""
+    context = browser.new_context(viewport={"width": width, "height": 900}, has_touch=touch)
     page = context.new_page()
     tab = Tab(page)
 
@@ -131,21 +134,38 @@ def playground(browser: Browser, server: str, width: int = 1280) -> Iterator[Tab
         context.close()
 
 
-def draw(tab: Tab, strokes: list[list[tuple[float, float]]]) -> str:
-    """Draws on mnist-mlp's pad with the mouse; the label the page then predicts."""
+def draw(tab: Tab, strokes: list[list[tuple[float, float]]], touch: bool = False) -> str:
+    """Draws on mnist-mlp's pad with the mouse, or with a finger; the label the page predicts."""
     panel = tab.panel("mnist-mlp")
     panel.get_by_role("button", name="Clear").click()
     box = panel.locator("canvas.pad").bounding_box()
     assert box is not None
     scale = box["width"] / PAD
-    mouse = tab.page.mouse
     for points in strokes:
-        mouse.move(box["x"] + points[0][0] * scale, box["y"] + points[0][1] * scale)
-        mouse.down()
-        for x, y in points[1:]:
-            mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=6)
-        mouse.up()
+        path = [(box["x"] + x * scale, box["y"] + y * scale) for x, y in points]
+        (finger if touch else mouse)(tab.page, path)
     return panel.locator(f'.prediction[data-strokes="{len(strokes)}"] .label').inner_text()
+
+
+def mouse(page: Page, path: list[tuple[float, float]]) -> None:
+    page.mouse.move(*path[0])
+    page.mouse.down()
+    for x, y in path[1:]:
+        page.mouse.move(x, y, steps=6)
+    page.mouse.up()
+
+
+def finger(page: Page, path: list[tuple[float, float]]) -> None:
+    """A stroke as touch events (Playwright's touchscreen only taps; Chromium's own input)."""
+    cdp = page.context.new_cdp_session(page)
+    touch = "Input.dispatchTouchEvent"
+    cdp.send(touch, {"type": "touchStart", "touchPoints": [{"x": path[0][0], "y": path[0][1]}]})
+    for (x0, y0), (x1, y1) in itertools.pairwise(path):
+        for t in (i / 6 for i in range(1, 7)):
+            point = {"x": x0 + (x1 - x0) * t, "y": y0 + (y1 - y0) * t}
+            cdp.send(touch, {"type": "touchMove", "touchPoints": [point]})
+    cdp.send(touch, {"type": "touchEnd", "touchPoints": []})
+    cdp.detach()
 
 
 def type_into(tab: Tab, model: str, text: str) -> Locator:
@@ -505,8 +525,9 @@ BANDS = [(0x2E, 0x9E, 0x5B), (0xA6, 0xC6, 0x4C), (0xF0, 0xA9, 0x3B), (0xD9, 0x45
 def test_the_page_works_on_a_phone_and_on_a_desk(
     chromium: Browser, shipped_server: str, width: int
 ) -> None:
-    with playground(chromium, shipped_server, width) as tab:
-        assert draw(tab, DIGITS["7"]) == "7"
+    phone = width < 600
+    with playground(chromium, shipped_server, width, touch=phone) as tab:
+        assert draw(tab, DIGITS["7"], touch=phone) == "7"  # a phone's is drawn with a finger
         type_into(tab, "names-rnn", "Nakamura").locator('[data-for="Nakamura"] li').first.wait_for()
         type_into(tab, "names-lm", "Kowalski").locator(
             '[data-for="Kowalski"] .token'
