@@ -40,7 +40,7 @@ function tokenView(token, logProb, alternatives, generated) {
 
 function tooltipFor(view) {
   const logProb = Number(view.dataset.logprob);
-  const token = view.dataset.token === END ? "end of name" : `'${view.dataset.token}'`;
+  const token = view.dataset.token === END ? "the end (</s>)" : `'${view.dataset.token}'`;
   const lines = [
     el(
       "div",
@@ -191,7 +191,7 @@ export function languageModelPanel(body, meta) {
         finish = choice.finish_reason ?? finish;
       }
       const why =
-        { stop: "the model ended the name", length: "the length limit" }[finish] ?? finish;
+        { stop: "the model (end of sequence)", length: "the length limit" }[finish] ?? finish;
       const count = text.length - prompt.length;
       state.replaceChildren(
         `Done: ${count} new character${count === 1 ? "" : "s"}, stopped by ${why}.`,
