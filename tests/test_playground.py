@@ -110,25 +110,30 @@ def chromium() -> Iterator[Browser]:
 
 @contextmanager
 def playground(
-    browser: Browser, server: str, width: int = 1280, touch: bool = False
+    browser: Browser, server: str, width: int = 1280, touch: bool = False, mount: str = ""
 ) -> Iterator[Tab]:
-    """The page loaded at `width` CSS pixels (with a touch screen when `touch`)."""
+    """The page loaded at `width` CSS pixels (with a touch screen when `touch`). With `mount`,
+    the page is asked for under that path, as a proxy in front would serve it: the test strips
+    the prefix from every request (one without it is a request that missed the proxy)."""
     context = browser.new_context(viewport={"width": width, "height": 900}, has_touch=touch)
     page = context.new_page()
     tab = Tab(page)
 
     def only_loopback(route: Route) -> None:
-        if route.request.url.startswith(f"{server}/"):
-            route.continue_()
-        else:
-            tab.outside.append(route.request.url)
+        url = route.request.url
+        if not url.startswith(f"{server}{mount}/"):
+            tab.outside.append(url)
             route.abort()
+        elif mount:
+            route.fulfill(response=route.fetch(url=server + url[len(server) + len(mount) :]))
+        else:
+            route.continue_()
 
     context.route("**/*", only_loopback)
     page.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda exc: tab.errors.append(f"uncaught: {exc}"))
     try:
-        page.goto(f"{server}/playground")
+        page.goto(f"{server}{mount}/playground")
         yield tab
     finally:
         context.close()
@@ -498,6 +503,18 @@ def test_the_docs_page_links_to_the_playground(chromium: Browser, shipped_server
         assert link.evaluate("a => a.href") == f"{shipped_server}/playground"
         tab.page.goto(link.evaluate("a => a.href"))  # Swagger UI opens it in a new tab
         expect(tab.page.locator("section.panel")).to_have_count(3)
+        tab.assert_clean()
+
+
+def test_the_page_works_behind_a_proxy_that_mounts_it_under_a_path(
+    chromium: Browser, shipped_server: str
+) -> None:
+    # Its links and API calls are relative: under /ml/ they all go to /ml/...
+    with playground(chromium, shipped_server, mount="/ml") as tab:
+        expect(tab.page.locator("section.panel")).to_have_count(3)
+        panel = type_into(tab, "names-rnn", "Nakamura")
+        assert panel.locator('.chart[data-for="Nakamura"] li.top .label').inner_text() == "JP"
+        assert draw(tab, DIGITS["1"]) == "1"
         tab.assert_clean()
 
 
