@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from app import __version__
-from app.api import ops
+from app.api import ops, playground
 from app.api.context import Accounting, Keys
 from app.api.docs import SITE_PATHS, docs_site
 from app.api.grpc.server import GrpcServer
@@ -40,6 +40,8 @@ TITLE = "batchserve"
 DESCRIPTION = """Inference for trained PyTorch MLP and RNN models, with dynamic batching:
 concurrent requests to a model are merged into one forward pass.
 
+* [The playground](playground): draw a digit, type a name, and see what each served model
+  makes of it.
 * `/v1` is the native API: `predict` for classifiers, `score` for language models.
 * `/v1/models/{name}:predict` is KServe's V1 protocol (`instances` -> `predictions`).
 * `/v2` is the Open Inference Protocol (KServe / Triton), with Triton's binary tensor data,
@@ -81,13 +83,14 @@ class Application:
         self.grpc_port: int | None = None
         self._grpc: GrpcServer | None = None
         site = docs_site(self.openapi, self._lifespan)
+        site.include_router(playground.router)
         self.front = HttpFront(
             Routes(self.endpoints),
             self.plane,
             keys,
             self.accounting,
             fallback=site,
-            fallback_paths=tuple(p.encode() for p in SITE_PATHS),
+            fallback_paths=tuple(p.encode() for p in (*SITE_PATHS, *playground.PATHS)),
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
