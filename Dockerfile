@@ -7,15 +7,23 @@
 # BASE_IMAGE is pinned by digest (the multi-arch index of python:3.11-slim-bookworm). To bump it:
 #   skopeo inspect --raw docker://docker.io/library/python:3.11-slim-bookworm | sha256sum
 # (or read it from `docker buildx imagetools inspect python:3.11-slim-bookworm`), replace the
-# digest below and let .ci/run build and run the image. A base of your own must provide:
+# digest below and docker-compose.yml's default (a test checks they agree), and let .ci/run
+# build and run the image. A base of your own must provide:
 # `python3` >= 3.11 on PATH with the venv and ensurepip modules (Debian: python3-venv),
 # `useradd`, glibc (PyTorch's wheels are manylinux), and CA certificates for pip.
 ARG BASE_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
+
+# Offline or behind a firewall (docs/deploying.md, "Building without the internet"), every source
+# is a build argument: BASE_IMAGE (a mirror's copy of the image above, or any base that meets the
+# list), TORCH_INDEX (PyTorch's wheel index: a mirror, or a local index holding the CPU wheel and
+# its dependencies) and PIP_INDEX_URL (PyPI: a mirror such as devpi or Artifactory; pip reads it
+# in every RUN below, for the dependencies and the build backend).
 
 # One stage, layers ordered from the least to the most often changed, so that editing the code
 # or the README rebuilds only the last few megabytes, never PyTorch or the dependencies.
 FROM ${BASE_IMAGE}
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG PIP_INDEX_URL=https://pypi.org/simple
 ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -68,7 +68,8 @@ def _h5py() -> Any:
         import h5py
     except ImportError:
         raise CheckpointError(
-            "reading Keras files needs h5py: pip install 'batchserve[keras]'"
+            "reading Keras files needs h5py: pip install -c constraints.txt -e '.[keras]' in "
+            "batchserve's checkout (the keras extra), or pip install h5py"
         ) from None
     return h5py
 

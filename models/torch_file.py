@@ -6,6 +6,7 @@ linear head). Files are read with `weights_only=True` (or as safetensors): nothi
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     `model_state_dict` or `model`), or of a safetensors file; a `module.` prefix is dropped."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"{path}: a TorchScript archive (torch.jit.save), not a state_dict; batchserve does "
+            "not run a file's code. Save the weights instead: torch.save(model.state_dict(), "
+            "'model.pt') (a scripted module has .state_dict() too)"
+        )
     try:
         if path.suffix == ".safetensors":
             state: Any = _natural_order(load_file(path))
@@ -69,6 +76,17 @@ def _natural_order(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _unmappable(keys: list[str], arch: str, expected: str) -> CheckpointError:
     shown = ", ".join(keys[:12]) + (f" and {len(keys) - 12} more" if len(keys) > 12 else "")
     return CheckpointError(f"cannot map keys [{shown}] onto a {arch}; it takes {expected}")
+
+
+def _is_torchscript(path: Path) -> bool:
+    """torch.jit.save writes a zip like torch.save's, plus the module's code (`<name>/code/`) and
+    `<name>/constants.pkl`; torch.load(weights_only=True) refuses it with advice to run it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):  # the legacy format, or not a zip at all
+        return False
+    return any(n.partition("/")[2] == "constants.pkl" or "/code/" in n for n in names)
 
 
 # --------------------------------------------------------------------------- mlp

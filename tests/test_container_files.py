@@ -152,7 +152,7 @@ def test_ci_the_readme_and_the_dockerfile_install_from_one_lock() -> None:
 def test_the_lock_pins_every_dependency_exactly() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = project["dependencies"] + extras["dev"] + extras["kserve"]
+    wanted = project["dependencies"] + _expanded(extras, ["dev", "kserve"])
     pins = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line and not line.startswith("#"):
@@ -163,6 +163,25 @@ def test_the_lock_pins_every_dependency_exactly() -> None:
     assert [n for n in names if n not in pins] == []
     torch_pin = next(w for w in project["dependencies"] if w.startswith("torch=="))
     assert pins["torch"] == torch_pin.removeprefix("torch==")
+    # An exact pin in pyproject.toml is the lock's version (the docs extra's, for one).
+    for requirement in wanted:
+        name, exact, version = requirement.partition("==")
+        if exact:
+            assert pins[_canonical(re.sub(r"\[.*\]", "", name))] == version, requirement
+
+
+def _expanded(extras: dict[str, list[str]], names: list[str]) -> list[str]:
+    """The requirements of these extras, an extra that names another (`batchserve[docs]`) taking
+    in that one's."""
+    requirements = []
+    for name in names:
+        for requirement in extras[name]:
+            nested = re.fullmatch(r"batchserve\[([\w,]+)\]", requirement)
+            if nested:
+                requirements += _expanded(extras, nested.group(1).split(","))
+            else:
+                requirements.append(requirement)
+    return requirements
 
 
 def _canonical(name: str) -> str:
@@ -254,3 +273,42 @@ def test_compose_stop_grace_period_outlasts_the_drain_and_the_grace(
             env["BATCHSERVE_SHUTDOWN_GRACE_S"]
         )
         assert float(service["stop_grace_period"].removesuffix("s")) > needed_s
+
+
+def _dockerfile_defaults() -> dict[str, str]:
+    """Each build argument of the Dockerfile with its default."""
+    return dict(
+        rest.partition("=")[::2]
+        for keyword, rest in instructions(DOCKERFILE.read_text())
+        if keyword == "ARG"
+    )
+
+
+def test_every_download_source_of_the_image_is_a_build_argument() -> None:
+    # Offline, each of these is what a user replaces with a mirror (docs/deploying.md).
+    defaults = _dockerfile_defaults()
+    assert defaults["BASE_IMAGE"].startswith("python:3.11-slim-bookworm@sha256:")
+    assert defaults["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    assert defaults["PIP_INDEX_URL"] == "https://pypi.org/simple"
+    stage = final_stage()
+    assert stage[0] == ("FROM", "${BASE_IMAGE}")
+    torch_step = next(rest for k, rest in stage if k == "RUN" and "torch==" in rest)
+    assert '--index-url "${TORCH_INDEX}"' in torch_step
+    # PIP_INDEX_URL is an ARG of the stage, so pip sees it in each RUN; no step names another.
+    assert ("ARG", "PIP_INDEX_URL=https://pypi.org/simple") in stage
+    other_indexes = [r for k, r in stage if k == "RUN" and "index" in r and "torch==" not in r]
+    assert other_indexes == []
+
+
+def test_compose_builds_with_the_dockerfiles_defaults_unless_the_environment_says_otherwise(
+    compose: dict[str, Any],
+) -> None:
+    defaults = _dockerfile_defaults()
+    cpu = compose["services"]["batchserve"]["build"]["args"]
+    assert set(cpu) == {"BASE_IMAGE", "TORCH_INDEX", "PIP_INDEX_URL"}
+    for name, value in cpu.items():
+        assert _interpolate(value, {}) == defaults[name], name
+        assert _interpolate(value, {f"BATCHSERVE_{name}": "mirror"}) == "mirror", name
+    gpu = compose["services"]["batchserve-gpu"]["build"]["args"]
+    assert gpu["BASE_IMAGE"] == cpu["BASE_IMAGE"] and gpu["PIP_INDEX_URL"] == cpu["PIP_INDEX_URL"]
+    assert _interpolate(gpu["TORCH_INDEX"], {}) == "https://download.pytorch.org/whl/cu128"

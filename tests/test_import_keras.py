@@ -177,3 +177,20 @@ def test_wrong_number_of_labels_is_refused(
               "--repository", tmp_path)  # fmt: skip
     assert run.code == 2 and "3 labels given for the model's 10 outputs" in run.err
     assert files_in(tmp_path) == []
+
+
+def test_without_h5py_the_error_says_how_to_install_it_in_a_checkout(tmp_path: Path) -> None:
+    # An interpreter where `import h5py` fails, as in an install without the keras extra.
+    (tmp_path / "digits.keras").write_bytes(b"not read: h5py is missing first")
+    script = (
+        "import sys; sys.modules['h5py'] = None\n"
+        "from app.cli import main\n"
+        f"sys.exit(main(['import', 'keras', {str(tmp_path / 'digits.keras')!r}, "
+        f"'--repository', {str(tmp_path / 'repo')!r}]))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "needs h5py" in result.stderr and "-e '.[keras]'" in result.stderr
+    assert "'batchserve[keras]'" not in result.stderr  # batchserve is not on PyPI
+    assert not (tmp_path / "repo").exists()

@@ -292,6 +292,24 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(
     assert not marker.exists()
 
 
+def test_a_torchscript_file_is_refused_saying_what_to_save_instead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    torch.jit.save(torch.jit.script(model), tmp_path / "scripted.pt")
+    run = cli(capsys, "import", "torch", tmp_path / "scripted.pt", "--arch", "mlp",
+              "--activation", "relu", "--repository", tmp_path / "repo")  # fmt: skip
+    _refused(run, "scripted.pt", tmp_path / "repo")
+    assert "TorchScript" in run.err and "torch.save(model.state_dict()" in run.err
+    assert "weights_only" not in run.err  # not PyTorch's advice to load it unrestricted
+    # Its weights, saved as the message says, import.
+    scripted = torch.jit.load(tmp_path / "scripted.pt")
+    torch.save(scripted.state_dict(), tmp_path / "weights.pt")
+    run = cli(capsys, "import", "torch", tmp_path / "weights.pt", "--arch", "mlp",
+              "--activation", "relu", "--repository", tmp_path / "repo")  # fmt: skip
+    assert run.code == 0, run.err
+
+
 def test_a_training_checkpoint_dict_holding_the_state_dict_is_unwrapped(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

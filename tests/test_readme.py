@@ -1,4 +1,5 @@
-"""The README's code blocks, run as a user would run them, so the README cannot drift.
+"""The code blocks of the README and of the docs site's pages (docs/*.md), run as a user would run
+them, so that neither can drift.
 
 Each fenced block follows a marker line that says how it is tested:
 
@@ -12,13 +13,14 @@ KIND is one of:
 - `file`: written to `path=...` in the scenario's directory (a `config.json` must also load).
 - `skip`: not run here; `reason="..."` says why (Docker, a GPU, a fresh venv).
 
-Blocks with the same `scenario` run in README order in one scratch directory; any other block runs
-alone. `localhost:8000` and `127.0.0.1:8000` in a block are rewritten to the scenario's server:
-the one its `serve` block started, the bundled models (`server=shipped`), or one from a `setup`
-below; `localhost:8001` to the bundled models' gRPC listener (`server=shipped`).
+Blocks with the same `scenario` in one file run in that file's order in one scratch directory; any
+other block runs alone. `localhost:8000` and `127.0.0.1:8000` in a block are rewritten to the
+scenario's server: the one its `serve` block started, the bundled models (`server=shipped`), or
+one from a `setup` below; `localhost:8001` to the bundled models' gRPC listener (`server=shipped`).
 `train-args="..."` is appended to each `batchserve train RECIPE` (tiny settings). `network` and
 `slow` mark the scenario's test. A block without a marker fails
-`test_every_block_says_how_it_is_tested`.
+`test_every_block_says_how_it_is_tested`, and so does a fence that is indented (inside a list or
+an admonition), which this reader would not see.
 """
 
 from __future__ import annotations
@@ -43,11 +45,15 @@ from app.settings import Settings
 from models.checkpoint import ModelConfig
 from tests.conftest import SHIPPED, free_port, live_server, settings_for
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+README_BUDGET_LINES = 300  # a front door; the reference is the docs site
 KINDS = {"shell", "python", "serve", "file", "skip"}
 SHELLS = {"sh", "bash", "shell"}
 MARKER = re.compile(r"^<!--\s*test:\s*(.*?)\s*-->$")
 FENCE = re.compile(r"^```(.*)$")
+INDENTED_FENCE = re.compile(r"^\s+```")
 ADDRESS = re.compile(r"(localhost|127\.0\.0\.1):8000")
 GRPC_ADDRESS = re.compile(r"(localhost|127\.0\.0\.1):8001")
 TIMEOUT_S = 600
@@ -55,6 +61,7 @@ TIMEOUT_S = 600
 
 @dataclass(frozen=True)
 class Block:
+    page: str  # README.md or docs/NAME.md
     line: int  # of the opening fence, 1-based
     language: str
     text: str
@@ -63,7 +70,13 @@ class Block:
 
     @property
     def scenario(self) -> str:
-        return self.attrs.get("scenario", f"line-{self.line}")
+        """The test's name: the page's name (README for the README) and the scenario's."""
+        page = Path(self.page).stem
+        return f"{page}:{self.attrs.get('scenario', f'line-{self.line}')}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.page}:{self.line}"
 
 
 def _marker(line: str) -> tuple[str | None, dict[str, str]]:
@@ -75,8 +88,8 @@ def _marker(line: str) -> tuple[str | None, dict[str, str]]:
     return kind, {key: value if sep else "true" for key, sep, value in pairs}
 
 
-def read_blocks(text: str) -> list[Block]:
-    """Every fenced block of the README with the marker on the last non-blank line before it."""
+def read_blocks(text: str, page: str = "README.md") -> list[Block]:
+    """Every fenced block of a page with the marker on the last non-blank line before it."""
     lines, blocks, i = text.splitlines(), [], 0
     while i < len(lines):
         opening = FENCE.match(lines[i])
@@ -87,12 +100,16 @@ def read_blocks(text: str) -> list[Block]:
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
         kind, attrs = _marker(previous)
         body = "\n".join(lines[i + 1 : end]) + "\n"
-        blocks.append(Block(i + 1, opening.group(1).strip(), body, kind, attrs))
+        blocks.append(Block(page, i + 1, opening.group(1).strip(), body, kind, attrs))
         i = end + 1
     return blocks
 
 
-BLOCKS = read_blocks(README.read_text(encoding="utf-8"))
+def _name(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+BLOCKS = [b for path in PAGES for b in read_blocks(path.read_text(encoding="utf-8"), _name(path))]
 
 
 def _scenarios() -> dict[str, list[Block]]:
@@ -106,42 +123,76 @@ def _scenarios() -> dict[str, list[Block]]:
 SCENARIOS = _scenarios()
 
 
-# --------------------------------------------------------------------------- the README's rules
+# --------------------------------------------------------------------------- the pages' rules
 
 
 def test_every_block_says_how_it_is_tested() -> None:
-    unmarked = [f"README.md:{b.line} ({b.language or 'no language'})" for b in BLOCKS if not b.kind]
-    unknown = [f"README.md:{b.line}: {b.kind}" for b in BLOCKS if b.kind and b.kind not in KINDS]
+    unmarked = [f"{b.where} ({b.language or 'no language'})" for b in BLOCKS if not b.kind]
+    unknown = [f"{b.where}: {b.kind}" for b in BLOCKS if b.kind and b.kind not in KINDS]
     assert not unmarked, "put <!-- test: ... --> before these blocks: " + ", ".join(unmarked)
     assert not unknown, f"unknown test kinds (known: {sorted(KINDS)}): " + ", ".join(unknown)
+    indented = [
+        f"{_name(path)}:{number}"
+        for path in PAGES
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if INDENTED_FENCE.match(line)
+    ]
+    assert not indented, "an indented code block is never run; unindent it: " + ", ".join(indented)
+
+
+def test_the_readme_stays_within_its_budget() -> None:
+    lines = len(README.read_text(encoding="utf-8").splitlines())
+    assert lines <= README_BUDGET_LINES, (
+        f"README.md has {lines} lines, over its budget of {README_BUDGET_LINES}: move the detail "
+        "into a page of docs/ and link it"
+    )
+
+
+def test_the_readmes_links_into_the_repository_lead_somewhere() -> None:
+    text = README.read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [link for link in links if "://" not in link and not link.startswith("#")]
+    assert sum(link.startswith("docs/") for link in local) >= 8  # the front door to the reference
+    missing = [link for link in local if not (ROOT / link.partition("#")[0]).exists()]
+    assert missing == []
+    for link in local:
+        target, _, anchor = link.partition("#")
+        if anchor:  # the heading it names, as MkDocs and GitHub spell the id
+            headings = re.findall(r"^#+ (.+)$", (ROOT / target).read_text(), re.MULTILINE)
+            ids = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+            assert anchor in ids, f"{link}: no heading for #{anchor}"
 
 
 def test_each_marker_fits_its_block() -> None:
     wrong = []
     for b in BLOCKS:
         if b.kind == "skip" and not b.attrs.get("reason"):
-            wrong.append(f'README.md:{b.line}: a skipped block needs reason="..."')
+            wrong.append(f'{b.where}: a skipped block needs reason="..."')
         if b.kind in {"shell", "serve"} and b.language not in SHELLS:
-            wrong.append(f"README.md:{b.line}: a {b.kind} block in {b.language!r}, not sh")
+            wrong.append(f"{b.where}: a {b.kind} block in {b.language!r}, not sh")
         if b.kind == "python" and b.language != "python":
-            wrong.append(f"README.md:{b.line}: a python block in {b.language!r}")
+            wrong.append(f"{b.where}: a python block in {b.language!r}")
         if b.kind == "file" and "path" not in b.attrs:
-            wrong.append(f"README.md:{b.line}: a file block needs path=...")
+            wrong.append(f"{b.where}: a file block needs path=...")
         if b.kind == "serve" and len(b.text.strip().splitlines()) != 1:
-            wrong.append(f"README.md:{b.line}: a serve block is one command")
+            wrong.append(f"{b.where}: a serve block is one command")
     assert not wrong, "; ".join(wrong)
 
 
-def test_the_readme_has_runnable_blocks_for_each_way_in() -> None:
+def test_the_pages_have_runnable_blocks_for_each_way_in() -> None:
     # The finder must keep finding them; an emptied or renamed section would otherwise pass.
-    assert {"own-data", "bundled", "keras", "torch", "by-hand"} <= set(SCENARIOS)
-    assert sum(b.kind == "shell" and b.attrs.get("server") == "shipped" for b in BLOCKS) >= 2
+    own_model = {"own-model:own-data", "own-model:bundled", "own-model:keras", "own-model:torch"}
+    assert own_model | {"own-model:by-hand", "README:own-model"} <= set(SCENARIOS)
+    readme = [b for b in BLOCKS if b.page == "README.md"]
+    assert sum(b.kind == "shell" and b.attrs.get("server") == "shipped" for b in readme) >= 2
+    pages = {b.page for b in BLOCKS if b.kind in KINDS - {"skip"}}
+    assert {"docs/protocols.md", "docs/own-model.md", "docs/deploying.md"} <= pages
 
 
 @pytest.mark.parametrize(
     "block",
     [b for b in BLOCKS if b.kind == "file" and b.attrs["path"].endswith("config.json")],
-    ids=lambda b: f"line-{b.line}",
+    ids=lambda b: b.where,
 )
 def test_a_config_example_loads_as_printed(block: Block) -> None:
     config = ModelConfig.model_validate_json(block.text)
@@ -187,9 +238,9 @@ def _setting_variables() -> set[str]:
 
 def _with_server(text: str, url: str | None, grpc: str | None, block: Block) -> str:
     if ADDRESS.search(text) and url is None:
-        raise AssertionError(f"README.md:{block.line} talks to localhost:8000 but has no server")
+        raise AssertionError(f"{block.where} talks to localhost:8000 but has no server")
     if GRPC_ADDRESS.search(text) and grpc is None:
-        raise AssertionError(f"README.md:{block.line} talks gRPC to localhost:8001 but has none")
+        raise AssertionError(f"{block.where} talks gRPC to localhost:8001 but has none")
     text = GRPC_ADDRESS.sub(grpc, text) if grpc else text
     return ADDRESS.sub(url.removeprefix("http://"), text) if url else text
 
@@ -199,7 +250,7 @@ def _run(argv: list[str], block: Block, workspace: Path, env: dict[str, str]) ->
         argv, cwd=workspace, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
     )
     assert result.returncode == 0, (
-        f"README.md:{block.line} exited {result.returncode}\n"
+        f"{block.where} exited {result.returncode}\n"
         f"--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
     )
 
@@ -219,7 +270,7 @@ def _serve(block: Block, workspace: Path, env: dict[str, str]) -> Iterator[str]:
         while not _ready(url):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace")[-3000:]
-                raise AssertionError(f"README.md:{block.line} did not start serving:\n{tail}")
+                raise AssertionError(f"{block.where} did not start serving:\n{tail}")
             time.sleep(0.1)
         yield url
     finally:
@@ -256,7 +307,7 @@ def _marks(blocks: list[Block]) -> list[pytest.MarkDecorator]:
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=_marks(bs), id=n) for n, bs in SCENARIOS.items()]
 )
-def test_readme_scenario(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_page_scenario(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     blocks = SCENARIOS[name]
     workspace = tmp_path / "work"
     workspace.mkdir()
@@ -288,7 +339,7 @@ def test_readme_scenario(name: str, tmp_path: Path, request: pytest.FixtureReque
 def test_json_in_shell_blocks_is_valid() -> None:
     # The -d '{...}' bodies a reader copies: a typo there fails with a 400 only at run time.
     bodies = [
-        (b.line, body)
+        (b.where, body)
         for b in BLOCKS
         if b.kind == "shell"
         for body in re.findall(r"-d '(\{.*?\})'", b.text)
@@ -298,4 +349,4 @@ def test_json_in_shell_blocks_is_valid() -> None:
         try:
             json.loads(body)
         except json.JSONDecodeError as exc:
-            raise AssertionError(f"README.md:{line}: {body}: {exc}") from None
+            raise AssertionError(f"{line}: {body}: {exc}") from None

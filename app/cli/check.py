@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.cli.common import env_name, fail
+from app.cli.common import SUMMARIES, env_name, fail
 from app.settings import DEFAULT_REPOSITORY
 from models.checkpoint import is_version
 
@@ -18,7 +18,7 @@ from models.checkpoint import is_version
 def add(commands: Any) -> None:
     check = commands.add_parser(
         "check",
-        help="validate every model version of a repository (exit 1 on any failure)",
+        help=SUMMARIES["check"],
         description="Load every version as the server would (config, name, weights, sha256, "
         "shapes, model.json) and run a warm-up forward pass whose outputs must be finite; "
         "print one line per version. Exit status 1 when any fails: run it in CI before deploy.",

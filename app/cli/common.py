@@ -1,10 +1,19 @@
-"""What the commands share: how they fail, and the names of the settings' variables."""
+"""What the commands share: their summaries, how they fail, and the names of the settings'
+variables. It imports nothing heavy: `batchserve --help` reads it."""
 
 from __future__ import annotations
 
 import sys
 
 ENV_PREFIX = "BATCHSERVE_"
+
+# Each command's line in `batchserve --help`.
+SUMMARIES = {
+    "serve": "serve the models of a repository over HTTP",
+    "train": "train a recipe on a bundled data set or your own data",
+    "import": "make a checkpoint from a Keras file or a PyTorch state_dict",
+    "check": "validate every model version of a repository (exit 1 on any failure)",
+}
 
 
 class UsageError(Exception):

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from app.cli.common import UsageError, fail
+from app.cli.common import SUMMARIES, UsageError, fail
 
 
 def add(commands: Any) -> None:
@@ -15,7 +15,7 @@ def add(commands: Any) -> None:
 
     parent = commands.add_parser(
         "import",
-        help="make a checkpoint from a Keras file or a PyTorch state_dict",
+        help=SUMMARIES["import"],
         description="Write a Keras model or a PyTorch state_dict as a new version of a model in "
         "a repository, after loading it and running a warm-up forward pass.",
     )

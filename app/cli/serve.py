@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
-from app.cli.common import env_name, fail
+from app.cli.common import SUMMARIES, env_name, fail
 from app.settings import Settings
 
 
@@ -55,7 +55,7 @@ def add(commands: Any) -> None:
     )
     serve = commands.add_parser(
         "serve",
-        help="serve the models of a repository over HTTP",
+        help=SUMMARIES["serve"],
         description="Serve every model version of the repository (/v1 and /v2 APIs).",
         epilog=epilog,
     )

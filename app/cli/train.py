@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from app.cli.common import fail
+from app.cli.common import SUMMARIES, fail
 
 
 def add(commands: Any) -> None:
@@ -13,7 +13,7 @@ def add(commands: Any) -> None:
 
     train = commands.add_parser(
         "train",
-        help="train a recipe on a bundled data set or your own data",
+        help=SUMMARIES["train"],
         description=train_cli.__doc__,
     )
     train_cli.add_arguments(train)
