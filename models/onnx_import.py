@@ -25,6 +25,7 @@ from models.onnx_file import (
     INTEGER_INPUTS,
     GraphFacts,
     GraphTensor,
+    check_against_config,
     inspect_graph,
     load_onnx,
     read_graph,
@@ -75,7 +76,9 @@ def onnx_config(path: Path, facts: UserFacts, choices: GraphChoices) -> ModelCon
         )
     base = {**facts.base, "format": "onnx", "weights_file": ONNX_FILE}
     facts = dataclasses.replace(facts, base=base)
-    return _config(facts, task, architecture, model_input, None if outputs == -1 else outputs)
+    config = _config(facts, task, architecture, model_input, None if outputs == -1 else outputs)
+    check_against_config(graph, config)  # before anything is written
+    return config
 
 
 def _inputs(graph: GraphFacts, choices: GraphChoices) -> tuple[GraphTensor, GraphTensor | None]:

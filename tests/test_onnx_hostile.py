@@ -1,0 +1,238 @@
+"""Hostile and broken ONNX files beside good models: each refused at load with its reason (or, for
+a model that emits NaN on some inputs, those items failed alone), while the server goes on
+serving the others. The graphs are built with onnx.helper: small, and exactly as bad as meant."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from app.cli import main
+from models.checkpoint import CheckpointError
+from models.onnx_file import EXTRA, load_onnx
+from tests.conftest import SHIPPED, live_server, settings_for
+
+LABELS = ["a", "b", "c"]
+
+
+def _weights(name: str = "W") -> TensorProto:
+    return numpy_helper.from_array(np.eye(4, 3, dtype=np.float32), name)
+
+
+def _graph(
+    nodes: list[Any],
+    initializers: list[TensorProto] | None = None,
+    batch: int | str = "batch",
+    outputs: int = 3,
+    opset: int = 20,
+    domains: dict[str, int] | None = None,
+) -> onnx.ModelProto:
+    """x [batch, 4] floats -> the nodes -> y [batch, outputs]."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, outputs])
+    graph = helper.make_graph(nodes, "g", [x], [y], initializers or [])
+    imports = [helper.make_opsetid("", opset)]
+    imports += [helper.make_opsetid(d, v) for d, v in (domains or {}).items()]
+    return helper.make_model(graph, opset_imports=imports, ir_version=9)
+
+
+def _linear() -> onnx.ModelProto:
+    return _graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [_weights()])
+
+
+def _write(repository: Path, name: str, model: onnx.ModelProto, **config: Any) -> Path:
+    directory = repository / name / "1"
+    directory.mkdir(parents=True)
+    (directory / "model.onnx").write_bytes(model.SerializeToString())
+    body = {
+        "format": "onnx",
+        "name": name,
+        "task": "classify",
+        "architecture": {"type": "onnx", "input": "x", "output": "y"},
+        "input": {"kind": "vector", "shape": [4]},
+        "labels": LABELS,
+        "weights_file": "model.onnx",
+        **config,
+    }
+    (directory / "config.json").write_text(json.dumps(body))
+    return directory
+
+
+def _external(model: onnx.ModelProto, location: str) -> onnx.ModelProto:
+    """The model with W's data moved to the external file `location`."""
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "48")):
+        tensor.external_data.add(key=key, value=value)
+    return model
+
+
+def _absurd() -> onnx.ModelProto:
+    huge = helper.make_tensor("W", TensorProto.FLOAT, [4, 3], np.zeros(12, np.float32))
+    huge.dims[:] = [4, 3, 1_000_000_000, 1_000]  # declared, not held
+    return _graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [huge])
+
+
+def _hostile_repository(root: Path) -> Path:
+    repository = root / "repository"
+    shutil.copytree(SHIPPED / "mnist-mlp", repository / "mnist-mlp")
+    _write(repository, "linear", _linear())
+    (root / "outside.bin").write_bytes(np.eye(4, 3, dtype=np.float32).tobytes())
+    _write(repository, "escapes", _external(_linear(), "../../../outside.bin"))
+    inside = _write(repository, "inside", _external(_linear(), "weights.bin"))
+    (inside / "weights.bin").write_bytes(np.eye(4, 3, dtype=np.float32).tobytes())
+    _write(repository, "absurd", _absurd())
+    unknown = helper.make_node("NoSuchOp", ["x"], ["y"])
+    _write(repository, "unknown-op", _graph([unknown]))
+    custom = helper.make_node("Fancy", ["x"], ["y"], domain="com.example")
+    _write(repository, "custom-op", _graph([custom], domains={"com.example": 1}))
+    # Gelu is standard since opset 20; a graph that says opset 13 and uses it: ORT refuses.
+    gelu = helper.make_node("Gelu", ["x"], ["h"])
+    newer = _graph([gelu, helper.make_node("MatMul", ["h", "W"], ["y"])], [_weights()], opset=13)
+    _write(repository, "newer-op", newer)
+    _write(repository, "wrong-labels", _linear(), labels=["a", "b", "c", "d", "e"])
+    _write(
+        repository,
+        "wrong-output",
+        _linear(),
+        architecture={"type": "onnx", "input": "x", "output": "probs"},
+    )
+    _write(
+        repository,
+        "fixed-batch",
+        _graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [_weights()], batch=1),
+    )
+    # sqrt(x - 1): NaN for the all-zero warm-up input.
+    always = [
+        helper.make_node("Sub", ["x", "one"], ["d"]),
+        helper.make_node("Sqrt", ["d"], ["s"]),
+        helper.make_node("MatMul", ["s", "W"], ["y"]),
+    ]
+    one = numpy_helper.from_array(np.ones(4, np.float32), "one")
+    _write(repository, "always-nan", _graph(always, [_weights(), one]))
+    # sqrt(x): finite for the warm-up, NaN for any item with a negative element.
+    some = [helper.make_node("Sqrt", ["x"], ["s"]), helper.make_node("MatMul", ["s", "W"], ["y"])]
+    _write(repository, "sometimes-nan", _graph(some, [_weights()]))
+    return repository
+
+
+REFUSED = {
+    "escapes": "outside the version directory",
+    "absurd": "declares dims [4, 3, 1000000000, 1000]",
+    "unknown-op": "operator NoSuchOp, which is not a standard ONNX operator",
+    "custom-op": "operator Fancy of domain 'com.example'",
+    "newer-op": "ONNX Runtime refused model.onnx",
+    "wrong-labels": "does not match the config's 5 labels",
+    "wrong-output": "the config names output 'probs'; the graph's outputs: ['y']",
+    "fixed-batch": "not a dynamic batch dimension first; export it with a dynamic batch",
+    "always-nan": "non-finite outputs",
+}
+
+
+async def _concurrently(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        path = "/v1/models/sometimes-nan/predict"
+        return await asyncio.gather(*(client.post(path, json=b) for b in bodies))
+
+
+def test_hostile_onnx_files_are_refused_and_the_others_serve(tmp_path: Path) -> None:
+    repository = _hostile_repository(tmp_path)
+    settings = settings_for(repository, max_batch_delay_ms=100, batch_idle_turns=0)
+    with live_server(settings) as url:
+        states = {m["name"]: m for m in httpx.get(f"{url}/v1/models").json()["models"]}
+        reasons = {name: httpx.get(f"{url}/v1/models/{name}").json()["reason"] for name in REFUSED}
+        mnist = httpx.post(f"{url}/v1/models/mnist-mlp/predict", json={"inputs": [[0.0] * 784]})
+        linear = httpx.post(f"{url}/v1/models/linear/predict", json={"inputs": [[1, 0, 0, 0]]})
+        inside = httpx.post(f"{url}/v1/models/inside/predict", json={"inputs": [[0, 0, 5, 0]]})
+        bodies = [
+            {"inputs": [[4, 1, 0, 0]]},
+            {"inputs": [[-1, 0, 0, 0]]},
+            {"inputs": [[0, 9, 0, 0]]},
+        ]
+        nan_answers = asyncio.run(_concurrently(url, bodies))
+        after = httpx.post(
+            f"{url}/v1/models/sometimes-nan/predict", json={"inputs": [[1, 4, 9, 0]]}
+        )
+    for name, reason in REFUSED.items():
+        assert states[name]["state"] == "failed", (name, reasons[name])
+        assert reason in reasons[name], (name, reasons[name])
+    assert mnist.status_code == 200 and linear.status_code == 200, (mnist.text, linear.text)
+    assert linear.json()["predictions"][0]["label"] == "a"
+    assert inside.json()["predictions"][0]["label"] == "c", "external data inside the directory"
+    good, bad, other = nan_answers
+    assert good.status_code == 200 and good.json()["predictions"][0]["label"] == "a"
+    assert other.status_code == 200 and other.json()["predictions"][0]["label"] == "b"
+    assert bad.status_code == 422 and "not finite" in bad.text, bad.text
+    assert after.status_code == 200 and after.json()["predictions"][0]["label"] == "c"
+
+
+def test_import_refuses_a_fixed_batch_dimension_saying_how_to_export_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "fixed.onnx"
+    onnx.save(_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [_weights()], batch=1), path)
+    repository = tmp_path / "repository"
+    code = main(["import", "onnx", str(path), "--repository", str(repository), "--labels", "a,b,c"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "dynamic batch dimension" in err and 'torch.export.Dim("batch")' in err, err
+    assert not (repository / "fixed").exists()
+
+
+def test_import_refuses_external_data_saying_how_to_inline_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "split.onnx"
+    (tmp_path / "weights.bin").write_bytes(np.eye(4, 3, dtype=np.float32).tobytes())
+    path.write_bytes(_external(_linear(), "weights.bin").SerializeToString())
+    code = main(
+        ["import", "onnx", str(path), "--repository", str(tmp_path / "r"), "--labels", "a,b,c"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "save_as_external_data=False" in err, err
+
+
+def test_import_refuses_an_old_opset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "old.onnx"
+    onnx.save(_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [_weights()], opset=7), path)
+    code = main(
+        ["import", "onnx", str(path), "--repository", str(tmp_path / "r"), "--labels", "a,b,c"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "opset 7" in err, err
+
+
+def test_import_writes_a_version_that_serves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "linear.onnx"
+    onnx.save(_linear(), path)
+    repository = tmp_path / "repository"
+    code = main(["import", "onnx", str(path), "--repository", str(repository), "--labels", "a,b,c"])
+    assert code == 0, capsys.readouterr().err
+    config = json.loads((repository / "linear" / "1" / "config.json").read_text())
+    assert config["format"] == "onnx" and config["architecture"]["opset"] == 20
+    model, _ = load_onnx(repository / "linear" / "1")
+    assert model.probabilities(model.vectors(np.eye(4, dtype=np.float32)[:1])).argmax() == 0
+
+
+def test_a_missing_onnxruntime_is_one_line_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = _write(tmp_path / "repository", "linear", _linear())
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails
+    with pytest.raises(CheckpointError) as refused:
+        load_onnx(directory)
+    assert EXTRA in str(refused.value) and "\n" not in str(refused.value)
