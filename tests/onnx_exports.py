@@ -129,3 +129,19 @@ def export_keras(path: Path, inputs: np.ndarray) -> np.ndarray:
     assert result.returncode == 0, result.stderr[-2000:]
     predicted: np.ndarray = np.load(str(path) + ".predict.npy")
     return predicted
+
+
+class TinyLM(nn.Module):
+    """A character language model over the alphabet, BOS and EOS: token ids [B, T] in,
+    next-token logits [B, T, V] out; no lengths input (causal: padding after an item's end
+    cannot reach its steps, but the server groups by length all the same)."""
+
+    def __init__(self, vocab: int = len(ALPHABET) + 2) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, 8)
+        self.gru = nn.GRU(8, 16, batch_first=True)
+        self.head = nn.Linear(16, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        steps, _ = self.gru(self.embedding(tokens))
+        return self.head(steps)

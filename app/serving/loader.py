@@ -15,7 +15,7 @@ import torch
 
 from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
 from app.serving.generation import StepReport, StepScheduler
-from app.serving.onnx_servable import is_onnx, load_onnx_servable
+from app.serving.onnx_servable import is_onnx, load_onnx_servable, onnx_generator
 from app.serving.servables import AnyServable, SequenceScorer, Task, make_servable
 from app.settings import Settings
 from models.architectures import CharLM
@@ -111,12 +111,15 @@ async def load_model(
         observer=on_batch,
     )
     batcher.start()
-    generator = _generator(module, servable, executor, batcher.limits, on_step)
+    if module is None:
+        generator = onnx_generator(servable, executor, batcher.limits, on_step)
+    else:
+        generator = _generator(module, servable, executor, batcher.limits, on_step)
     return LoadedModel(name, version, config, servable, batcher, str(device), sha256, generator)
 
 
 def _generator(
-    module: torch.nn.Module | None,
+    module: torch.nn.Module,
     servable: AnyServable,
     executor: Executor,
     limits: BatchLimits,
