@@ -208,6 +208,15 @@ def test_grpc_answers_as_the_framework_does(served: Served, name: str) -> None:
     _close(found.astype(np.float64), served.models[name].expected)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_kserve_v1_answers_as_the_framework_does(served: Served, name: str) -> None:
+    body = {"instances": served.models[name].inputs}
+    answer = httpx.post(f"{served.url}/v1/models/{name}:predict", json=body)
+    assert answer.status_code == 200, answer.text
+    found = np.array([p["probabilities"] for p in answer.json()["predictions"]])
+    _close(found, served.models[name].expected)
+
+
 def _batches(url: str, name: str) -> tuple[float, float]:
     text = httpx.get(f"{url}/metrics").text
     found = []
