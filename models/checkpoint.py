@@ -318,7 +318,9 @@ def save_checkpoint(directory: Path, model: nn.Module, config: ModelConfig) -> M
 
 
 def write_config(directory: Path, config: ModelConfig) -> None:
-    text = json.dumps(config.model_dump(mode="json"), indent=2, ensure_ascii=False)
+    # A native checkpoint's config.json stays as it was before ONNX versions: no "format" key.
+    exclude = {"format"} if config.format == "native" else None
+    text = json.dumps(config.model_dump(mode="json", exclude=exclude), indent=2, ensure_ascii=False)
     path = directory / CONFIG_FILE
     path.write_text(text + "\n", encoding="utf-8")
     path.chmod(FILE_MODE)
