@@ -91,6 +91,8 @@ def _hostile_repository(root: Path) -> Path:
     _write(repository, "linear", _linear())
     (root / "outside.bin").write_bytes(np.eye(4, 3, dtype=np.float32).tobytes())
     _write(repository, "escapes", _external(_linear(), "../../../outside.bin"))
+    linked = _write(repository, "linked-out", _external(_linear(), "weights.bin"))
+    (linked / "weights.bin").symlink_to(root / "outside.bin")
     inside = _write(repository, "inside", _external(_linear(), "weights.bin"))
     (inside / "weights.bin").write_bytes(np.eye(4, 3, dtype=np.float32).tobytes())
     _write(repository, "absurd", _absurd())
@@ -130,6 +132,7 @@ def _hostile_repository(root: Path) -> Path:
 
 REFUSED = {
     "escapes": "outside the version directory",
+    "linked-out": "weights.bin is a symbolic link leading out of the model repository",
     "absurd": "declares dims [4, 3, 1000000000, 1000]",
     "unknown-op": "operator NoSuchOp, which is not a standard ONNX operator",
     "custom-op": "operator Fancy of domain 'com.example'",
@@ -236,3 +239,15 @@ def test_a_missing_onnxruntime_is_one_line_naming_the_extra(
     with pytest.raises(CheckpointError) as refused:
         load_onnx(directory)
     assert EXTRA in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_external_data_linked_out_of_the_version_directory_is_refused_by_the_loader(
+    tmp_path: Path,
+) -> None:
+    # Without the repository's own symlink check (batchserve check, or a server that follows
+    # external links): the loader resolves the link and refuses the file it leads to.
+    (tmp_path / "outside.bin").write_bytes(np.eye(4, 3, dtype=np.float32).tobytes())
+    directory = _write(tmp_path / "repository", "linked", _external(_linear(), "weights.bin"))
+    (directory / "weights.bin").symlink_to(tmp_path / "outside.bin")
+    with pytest.raises(CheckpointError, match="outside the version directory"):
+        load_onnx(directory)
