@@ -21,100 +21,45 @@ from app.cli import main
 from models.checkpoint import CheckpointError
 from models.onnx_file import EXTRA, load_onnx
 from tests.conftest import SHIPPED, live_server, settings_for
-
-LABELS = ["a", "b", "c"]
-
-
-def _weights(name: str = "W") -> TensorProto:
-    return numpy_helper.from_array(np.eye(4, 3, dtype=np.float32), name)
-
-
-def _graph(
-    nodes: list[Any],
-    initializers: list[TensorProto] | None = None,
-    batch: int | str = "batch",
-    outputs: int = 3,
-    opset: int = 20,
-    domains: dict[str, int] | None = None,
-) -> onnx.ModelProto:
-    """x [batch, 4] floats -> the nodes -> y [batch, outputs]."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, outputs])
-    graph = helper.make_graph(nodes, "g", [x], [y], initializers or [])
-    imports = [helper.make_opsetid("", opset)]
-    imports += [helper.make_opsetid(d, v) for d, v in (domains or {}).items()]
-    return helper.make_model(graph, opset_imports=imports, ir_version=9)
-
-
-def _linear() -> onnx.ModelProto:
-    return _graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [_weights()])
-
-
-def _write(repository: Path, name: str, model: onnx.ModelProto, **config: Any) -> Path:
-    directory = repository / name / "1"
-    directory.mkdir(parents=True)
-    (directory / "model.onnx").write_bytes(model.SerializeToString())
-    body = {
-        "format": "onnx",
-        "name": name,
-        "task": "classify",
-        "architecture": {"type": "onnx", "input": "x", "output": "y"},
-        "input": {"kind": "vector", "shape": [4]},
-        "labels": LABELS,
-        "weights_file": "model.onnx",
-        **config,
-    }
-    (directory / "config.json").write_text(json.dumps(body))
-    return directory
-
-
-def _external(model: onnx.ModelProto, location: str) -> onnx.ModelProto:
-    """The model with W's data moved to the external file `location`."""
-    tensor = model.graph.initializer[0]
-    tensor.ClearField("raw_data")
-    tensor.ClearField("float_data")
-    tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", "48")):
-        tensor.external_data.add(key=key, value=value)
-    return model
+from tests.onnx_graphs import external, graph, linear, weights, write_version
 
 
 def _absurd() -> onnx.ModelProto:
     huge = helper.make_tensor("W", TensorProto.FLOAT, [4, 3], np.zeros(12, np.float32))
     huge.dims[:] = [4, 3, 1_000_000_000, 1_000]  # declared, not held
-    return _graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [huge])
+    return graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [huge])
 
 
 def _hostile_repository(root: Path) -> Path:
     repository = root / "repository"
     shutil.copytree(SHIPPED / "mnist-mlp", repository / "mnist-mlp")
-    _write(repository, "linear", _linear())
+    write_version(repository, "linear", linear())
     (root / "outside.bin").write_bytes(np.eye(4, 3, dtype=np.float32).tobytes())
-    _write(repository, "escapes", _external(_linear(), "../../../outside.bin"))
-    linked = _write(repository, "linked-out", _external(_linear(), "weights.bin"))
+    write_version(repository, "escapes", external(linear(), "../../../outside.bin"))
+    linked = write_version(repository, "linked-out", external(linear(), "weights.bin"))
     (linked / "weights.bin").symlink_to(root / "outside.bin")
-    inside = _write(repository, "inside", _external(_linear(), "weights.bin"))
+    inside = write_version(repository, "inside", external(linear(), "weights.bin"))
     (inside / "weights.bin").write_bytes(np.eye(4, 3, dtype=np.float32).tobytes())
-    _write(repository, "absurd", _absurd())
+    write_version(repository, "absurd", _absurd())
     unknown = helper.make_node("NoSuchOp", ["x"], ["y"])
-    _write(repository, "unknown-op", _graph([unknown]))
+    write_version(repository, "unknown-op", graph([unknown]))
     custom = helper.make_node("Fancy", ["x"], ["y"], domain="com.example")
-    _write(repository, "custom-op", _graph([custom], domains={"com.example": 1}))
+    write_version(repository, "custom-op", graph([custom], domains={"com.example": 1}))
     # Gelu is standard since opset 20; a graph that says opset 13 and uses it: ORT refuses.
     gelu = helper.make_node("Gelu", ["x"], ["h"])
-    newer = _graph([gelu, helper.make_node("MatMul", ["h", "W"], ["y"])], [_weights()], opset=13)
-    _write(repository, "newer-op", newer)
-    _write(repository, "wrong-labels", _linear(), labels=["a", "b", "c", "d", "e"])
-    _write(
+    newer = graph([gelu, helper.make_node("MatMul", ["h", "W"], ["y"])], [weights()], opset=13)
+    write_version(repository, "newer-op", newer)
+    write_version(repository, "wrong-labels", linear(), labels=["a", "b", "c", "d", "e"])
+    write_version(
         repository,
         "wrong-output",
-        _linear(),
+        linear(),
         architecture={"type": "onnx", "input": "x", "output": "probs"},
     )
-    _write(
+    write_version(
         repository,
         "fixed-batch",
-        _graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [_weights()], batch=1),
+        graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [weights()], batch=1),
     )
     # sqrt(x - 1): NaN for the all-zero warm-up input.
     always = [
@@ -123,10 +68,10 @@ def _hostile_repository(root: Path) -> Path:
         helper.make_node("MatMul", ["s", "W"], ["y"]),
     ]
     one = numpy_helper.from_array(np.ones(4, np.float32), "one")
-    _write(repository, "always-nan", _graph(always, [_weights(), one]))
+    write_version(repository, "always-nan", graph(always, [weights(), one]))
     # sqrt(x): finite for the warm-up, NaN for any item with a negative element.
     some = [helper.make_node("Sqrt", ["x"], ["s"]), helper.make_node("MatMul", ["s", "W"], ["y"])]
-    _write(repository, "sometimes-nan", _graph(some, [_weights()]))
+    write_version(repository, "sometimes-nan", graph(some, [weights()]))
     return repository
 
 
@@ -185,7 +130,7 @@ def test_import_refuses_a_fixed_batch_dimension_saying_how_to_export_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "fixed.onnx"
-    onnx.save(_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [_weights()], batch=1), path)
+    onnx.save(graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [weights()], batch=1), path)
     repository = tmp_path / "repository"
     code = main(["import", "onnx", str(path), "--repository", str(repository), "--labels", "a,b,c"])
     err = capsys.readouterr().err
@@ -199,7 +144,7 @@ def test_import_refuses_external_data_saying_how_to_inline_it(
 ) -> None:
     path = tmp_path / "split.onnx"
     (tmp_path / "weights.bin").write_bytes(np.eye(4, 3, dtype=np.float32).tobytes())
-    path.write_bytes(_external(_linear(), "weights.bin").SerializeToString())
+    path.write_bytes(external(linear(), "weights.bin").SerializeToString())
     code = main(
         ["import", "onnx", str(path), "--repository", str(tmp_path / "r"), "--labels", "a,b,c"]
     )
@@ -209,7 +154,7 @@ def test_import_refuses_external_data_saying_how_to_inline_it(
 
 def test_import_refuses_an_old_opset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "old.onnx"
-    onnx.save(_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [_weights()], opset=7), path)
+    onnx.save(graph([helper.make_node("MatMul", ["x", "W"], ["y"])], [weights()], opset=7), path)
     code = main(
         ["import", "onnx", str(path), "--repository", str(tmp_path / "r"), "--labels", "a,b,c"]
     )
@@ -221,7 +166,7 @@ def test_import_writes_a_version_that_serves(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "linear.onnx"
-    onnx.save(_linear(), path)
+    onnx.save(linear(), path)
     repository = tmp_path / "repository"
     code = main(["import", "onnx", str(path), "--repository", str(repository), "--labels", "a,b,c"])
     assert code == 0, capsys.readouterr().err
@@ -234,7 +179,7 @@ def test_import_writes_a_version_that_serves(
 def test_a_missing_onnxruntime_is_one_line_naming_the_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    directory = _write(tmp_path / "repository", "linear", _linear())
+    directory = write_version(tmp_path / "repository", "linear", linear())
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails
     with pytest.raises(CheckpointError) as refused:
         load_onnx(directory)
@@ -247,7 +192,7 @@ def test_external_data_linked_out_of_the_version_directory_is_refused_by_the_loa
     # Without the repository's own symlink check (batchserve check, or a server that follows
     # external links): the loader resolves the link and refuses the file it leads to.
     (tmp_path / "outside.bin").write_bytes(np.eye(4, 3, dtype=np.float32).tobytes())
-    directory = _write(tmp_path / "repository", "linked", _external(_linear(), "weights.bin"))
+    directory = write_version(tmp_path / "repository", "linked", external(linear(), "weights.bin"))
     (directory / "weights.bin").symlink_to(tmp_path / "outside.bin")
     with pytest.raises(CheckpointError, match="outside the version directory"):
         load_onnx(directory)
