@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class GruClassifier(nn.Module):
@@ -92,6 +94,53 @@ def export(
     return path
 
 
+EXPORT_SCRIPT = """
+import json, sys
+import torch
+from tests.onnx_exports import CLASSES, export
+spec = json.loads(sys.argv[1])
+module = CLASSES[spec["class"]]()
+module.load_state_dict(torch.load(spec["state"], weights_only=True))
+args = tuple(
+    torch.tensor(a["values"]) if "values" in a else torch.zeros(a["zeros"], dtype=torch.long)
+    for a in spec["args"]
+)
+dims = {name: torch.export.Dim(name) for axes in spec["dynamic"] for name in axes.values()}
+dynamic = tuple({int(axis): dims[name] for axis, name in axes.items()} for axes in spec["dynamic"])
+export(module, args, spec["path"], spec["names"], dynamic, spec["output"])
+"""
+
+
+def export_fresh(
+    module: nn.Module,
+    args: list[dict[str, Any]],
+    path: Path,
+    names: list[str],
+    dynamic: list[dict[int, str]],
+    output: str = "logits",
+) -> Path:
+    """`export` in a new Python: after one recurrent model has been exported, torch 2.13's
+    exporter fixes the sequence length of the next ones in the same process (silently; the
+    importer refuses such a graph). `args`: {"zeros": shape} (int64) or {"values": [...]};
+    `dynamic`: per input, axis -> a dimension name (the same name: the same dimension)."""
+    state = path.with_suffix(".state.pt")
+    torch.save(module.state_dict(), state)
+    spec = {
+        "class": type(module).__name__,
+        "state": str(state),
+        "args": args,
+        "path": str(path),
+        "names": names,
+        "dynamic": dynamic,
+        "output": output,
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-c", EXPORT_SCRIPT, json.dumps(spec)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return path
+
+
 def batch_dim() -> Any:
     return torch.export.Dim("batch")
 
@@ -145,3 +194,8 @@ class TinyLM(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         steps, _ = self.gru(self.embedding(tokens))
         return self.head(steps)
+
+
+CLASSES: dict[str, type[nn.Module]] = {
+    cls.__name__: cls for cls in (GruClassifier, LastStepGru, DigitCnn, TinyLM)
+}

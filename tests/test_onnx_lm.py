@@ -13,7 +13,7 @@ import torch
 
 from app.cli import main
 from tests.conftest import live_server, settings_for
-from tests.onnx_exports import ALPHABET, TinyLM, batch_dim, export, tokens_of
+from tests.onnx_exports import ALPHABET, TinyLM, export_fresh, tokens_of
 
 pytestmark = pytest.mark.slow  # an export through torch.onnx
 
@@ -31,9 +31,8 @@ def lm() -> TinyLM:
 @pytest.fixture(scope="module")
 def url(lm: TinyLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     work = tmp_path_factory.mktemp("onnx-lm")
-    args = (torch.zeros(2, 5, dtype=torch.long),)
-    dynamic = ({0: batch_dim(), 1: torch.export.Dim("steps")},)
-    path = export(lm, args, work / "lm.onnx", ["tokens"], dynamic, output="logits")
+    dynamic = [{0: "batch", 1: "steps"}]
+    path = export_fresh(lm, [{"zeros": [2, 5]}], work / "lm.onnx", ["tokens"], dynamic)
     repository = work / "repository"
     options = ["--name", "lm-onnx", "--repository", str(repository), "--alphabet", ALPHABET]
     assert main(["import", "onnx", str(path), *options, "--max-length", "12"]) == 0

@@ -29,6 +29,7 @@ from tests.onnx_exports import (
     LastStepGru,
     batch_dim,
     export,
+    export_fresh,
     export_keras,
     tokens_of,
 )
@@ -91,12 +92,9 @@ def _cnn(work: Path, repository: Path) -> Exported:
 def _gru(work: Path, repository: Path) -> Exported:
     torch.manual_seed(1)
     module = GruClassifier().eval()
-    steps = torch.export.Dim("steps")
-    batch = batch_dim()
-    args = (torch.zeros(2, 5, dtype=torch.long), torch.tensor([5, 3]))
-    path = export(
-        module, args, work / "gru.onnx", ["tokens", "lengths"], ({0: batch, 1: steps}, {0: batch})
-    )
+    args = [{"zeros": [2, 5]}, {"values": [5, 3]}]
+    dynamic = [{0: "batch", 1: "steps"}, {0: "batch"}]
+    path = export_fresh(module, args, work / "gru.onnx", ["tokens", "lengths"], dynamic)
     options = ["--alphabet", ALPHABET, "--labels", "n,e,s,w", "--outputs-are", "log_probabilities"]
     _import(repository, path, "gru-onnx", *options)
     return Exported(
@@ -107,14 +105,8 @@ def _gru(work: Path, repository: Path) -> Exported:
 def _last_step_gru(work: Path, repository: Path) -> tuple[Exported, LastStepGru]:
     torch.manual_seed(2)
     module = LastStepGru().eval()
-    args = (torch.zeros(2, 5, dtype=torch.long),)
-    path = export(
-        module,
-        args,
-        work / "last.onnx",
-        ["tokens"],
-        ({0: batch_dim(), 1: torch.export.Dim("steps")},),
-    )
+    dynamic = [{0: "batch", 1: "steps"}]
+    path = export_fresh(module, [{"zeros": [2, 5]}], work / "last.onnx", ["tokens"], dynamic)
     _import(repository, path, "last-step-onnx", "--alphabet", ALPHABET, "--labels", "x,y,z")
     return Exported("last-step-onnx", WORDS, _alone(module)), module
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnxruntime
 import pytest
 
-from app.serving.onnx_servable import load_onnx_servable
+from app.serving.onnx_servable import OnnxModule, load_onnx_servable
 from models.checkpoint import CheckpointError
 from models.onnx_file import load_onnx, providers_for
 from tests.conftest import settings_for
@@ -18,8 +18,9 @@ from tests.onnx_graphs import linear, write_version
 def test_the_session_takes_its_threads_from_the_settings(tmp_path: Path) -> None:
     directory = write_version(tmp_path / "repository", "linear", linear())
     settings = settings_for(tmp_path / "repository", torch_threads=3)
-    servable, _ = load_onnx_servable(directory, settings)
-    options = servable.graph.session.get_session_options()  # type: ignore[attr-defined]
+    servable, _, device = load_onnx_servable(directory, settings)
+    assert isinstance(servable.model, OnnxModule) and device == "cpu"
+    options = servable.model.graph.session.get_session_options()
     assert options.intra_op_num_threads == 3
     assert options.inter_op_num_threads == 1
 

@@ -84,8 +84,10 @@ async def load_model(
     loop = asyncio.get_running_loop()
     module: torch.nn.Module | None = None
     if is_onnx(path):  # a graph run by ONNX Runtime (app/serving/onnx_servable.py)
-        servable, config = await loop.run_in_executor(None, load_onnx_servable, path, settings)
-        device = servable.device
+        servable, config, onnx_device = await loop.run_in_executor(
+            None, load_onnx_servable, path, settings
+        )
+        device = torch.device(onnx_device)
     else:
         device = configured_device(path, settings)
         module, config = await loop.run_in_executor(None, load_checkpoint, path, device)
@@ -178,5 +180,5 @@ def _warm_up(servable: AnyServable) -> None:
         item = servable.warmup_item()
         for size in (1, 8, 1):
             servable.run([item] * size)
-        if servable.device.type == "cuda" and torch.cuda.is_available():  # not for ORT's CUDA
+        if servable.device.type == "cuda":
             torch.cuda.synchronize(servable.device)

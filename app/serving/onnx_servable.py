@@ -1,14 +1,14 @@
-"""ONNX model versions as servables: the native servables' parsing, per-item checks and results
-(so every protocol serves them alike), with each batch run through ONNX Runtime instead of a
-PyTorch module. The graph work (padding or grouping by length, the head's output) is
-models.onnx_file's; here only the batch is collated and split."""
+"""ONNX model versions as servables: the graph's session wrapped as the module the native
+servables call (`forward` on the collated CPU tensors), so that parsing, batching, the heads and
+the results are the native ones on every protocol. The graph work (padding with the graph's
+lengths input or grouping by length, what the head output holds) is models.onnx_file's."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any, cast
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -16,22 +16,15 @@ from torch import nn
 
 from app.serving.batcher import BatchLimits
 from app.serving.generation import StepReport, StepScheduler
-from app.serving.servables import (
-    AnyServable,
-    ScoreItem,
-    SequenceScorer,
-    TextClassifier,
-    TokenScores,
-    Vector,
-    VectorClassifier,
-)
+from app.serving.servables import AnyServable, SequenceScorer, make_servable
 from app.settings import Settings
 from models.architectures import CharLM
-from models.checkpoint import ModelConfig, TextInput, read_config
-from models.onnx_file import OnnxModel, load_onnx
+from models.checkpoint import ModelConfig, VectorInput, read_config
+from models.onnx_file import Array, OnnxModel, load_onnx
 
-# The native servables keep a module; an ONNX version's graph lives in its session instead.
-NO_MODULE = nn.Module()
+# What the native servable of a config expects its module to return: a vector classifier applies
+# softmax to logits; the text classifier and the scorer take log-probabilities.
+Returns = Literal["logits", "log_probs"]
 
 
 def is_onnx(path: Path) -> bool:
@@ -43,66 +36,58 @@ def is_onnx(path: Path) -> bool:
         return False
 
 
-def load_onnx_servable(path: Path, settings: Settings) -> tuple[AnyServable, ModelConfig]:
-    """Load, check and probe the ONNX version in `path` (blocking: run it in an executor)."""
-    requested = _requested_device(path, settings)
+def load_onnx_servable(path: Path, settings: Settings) -> tuple[AnyServable, ModelConfig, str]:
+    """Load, check and probe the ONNX version in `path` (blocking: run it in an executor); also
+    the device ONNX Runtime runs it on. The servable itself stays on the CPU: ONNX Runtime
+    moves the batch to its device."""
+    requested = read_config(path).device or settings.device
     model, config = load_onnx(path, requested, settings.torch_threads)
-    return make_onnx_servable(model, config), config
-
-
-def _requested_device(path: Path, settings: Settings) -> str:
-    return read_config(path).device or settings.device
+    return make_onnx_servable(model, config), config, model.device
 
 
 def make_onnx_servable(model: OnnxModel, config: ModelConfig) -> AnyServable:
-    device = torch.device(model.device)
-    if config.task == "score":
-        return OnnxScorer(model, config, device)
-    if isinstance(config.input, TextInput):
-        return OnnxTextClassifier(model, config, device)
-    return OnnxVectorClassifier(model, config, device)
+    module = OnnxModule(model, _returns(config))
+    return make_servable(module, config, torch.device("cpu"), pin_memory=False)
 
 
-class OnnxVectorClassifier(VectorClassifier):
-    def __init__(self, graph: OnnxModel, config: ModelConfig, device: torch.device) -> None:
-        super().__init__(NO_MODULE, config, device, pin_memory=False)
-        self.graph = graph
+def _returns(config: ModelConfig) -> Returns:
+    if config.task == "classify" and isinstance(config.input, VectorInput):
+        return "logits"
+    return "log_probs"
 
-    def run(self, items: list[Vector]) -> list[list[float]]:
+
+class OnnxModule(nn.Module):
+    """A graph in an ONNX Runtime session, called as a native model's module: a vector batch
+    [B, width], or token ids [B, T] and their lengths [B]; returns [B, labels] or [B, T, V]
+    float32, logits or log-probabilities as `returns` says."""
+
+    def __init__(self, graph: OnnxModel, returns: Returns) -> None:
+        super().__init__()
+        self.graph, self.returns = graph, returns
+
+    def forward(self, batch: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         graph = self.graph
-        rows: list[list[float]] = graph.probabilities(graph.vectors(np.stack(items))).tolist()
-        return rows
+        if lengths is None:
+            output = graph.vectors(batch.numpy())
+        else:
+            rows = [batch[i, :n].tolist() for i, n in enumerate(lengths.tolist())]
+            output = _stacked(graph.tokens(rows), batch.shape[1])
+        if self.returns == "log_probs":
+            output = graph.log_probs(output)
+        elif graph.output_kind == "probabilities":  # softmax(log p) is p again
+            with np.errstate(divide="ignore"):
+                output = np.log(output)
+        return torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))
 
 
-class OnnxTextClassifier(TextClassifier):
-    def __init__(self, graph: OnnxModel, config: ModelConfig, device: torch.device) -> None:
-        super().__init__(NO_MODULE, config, device, pin_memory=False)
-        self.graph = graph
-
-    def run(self, items: list[list[int]]) -> list[list[float]]:
-        graph = self.graph
-        return [graph.probabilities(output).tolist() for output in graph.tokens(items)]
-
-
-class OnnxScorer(SequenceScorer):
-    def __init__(self, graph: OnnxModel, config: ModelConfig, device: torch.device) -> None:
-        super().__init__(NO_MODULE, config, device, pin_memory=False)
-        self.graph = graph
-
-    def run(self, items: list[ScoreItem]) -> list[TokenScores]:
-        # Input at step t is the token before target t: BOS, then the targets shifted right.
-        graph, bos = self.graph, self.vocab.bos
-        outputs = graph.tokens([[bos, *it.tokens[:-1]] for it in items])
-        return [
-            _scores(it, graph.log_probs(output)) for it, output in zip(items, outputs, strict=True)
-        ]
-
-
-def _scores(item: ScoreItem, log_probs: Any) -> TokenScores:
-    targets = np.asarray(item.tokens)
-    picked = log_probs[np.arange(len(targets)), targets][item.score_from :]
-    greedy = (log_probs.argmax(axis=-1) == targets)[item.score_from :]
-    return TokenScores(picked.tolist(), bool(greedy.all()))
+def _stacked(outputs: list[Array], steps: int) -> Array:
+    """One output per row as a batch; per-step outputs zero-padded to `steps`."""
+    if outputs[0].ndim == 1:
+        return np.stack(outputs)
+    batch = np.zeros((len(outputs), steps, outputs[0].shape[-1]), dtype=outputs[0].dtype)
+    for i, output in enumerate(outputs):
+        batch[i, : len(output)] = output
+    return batch
 
 
 class OnnxStepper:
@@ -149,11 +134,11 @@ def onnx_generator(
     on_step: Callable[[StepReport], None] | None,
 ) -> StepScheduler | None:
     """A step scheduler for an ONNX scoring model (completions), sharing its batcher's thread."""
-    if not isinstance(servable, OnnxScorer):
+    if not isinstance(servable, SequenceScorer) or not isinstance(servable.model, OnnxModule):
         return None
     vocab = servable.vocab
     # The most tokens a sequence holds: BOS, the characters and EOS (completions' own limit).
-    stepper = OnnxStepper(servable.graph, width=1 + servable.max_length + 2)
+    stepper = OnnxStepper(servable.model.graph, width=1 + servable.max_length + 2)
     scheduler = StepScheduler(
         cast(CharLM, stepper),  # the scheduler calls only prefill and step
         servable.device,
