@@ -196,3 +196,20 @@ def test_external_data_linked_out_of_the_version_directory_is_refused_by_the_loa
     (directory / "weights.bin").symlink_to(tmp_path / "outside.bin")
     with pytest.raises(CheckpointError, match="outside the version directory"):
         load_onnx(directory)
+
+
+def test_check_fails_on_each_hostile_version_with_its_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repository = _hostile_repository(tmp_path)
+    capsys.readouterr()
+    code = main(["check", str(repository)])
+    out = capsys.readouterr().out
+    assert code == 1
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()}
+    for name, reason in REFUSED.items():
+        # The server's repository refuses the link itself; check reaches the loader's refusal.
+        wanted = "outside the version directory" if name == "linked-out" else reason
+        assert " FAILED " in rows[name] and wanted in rows[name], rows[name]
+    for name in ("linear", "inside", "sometimes-nan", "mnist-mlp"):
+        assert " ok " in rows[name], rows[name]
