@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.architectures import MLP, CharLM, CharRNNClassifier
+from models.onnx_schema import ONNX_FILE, OnnxArchitecture
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -80,7 +81,8 @@ class CharLMArchitecture(_Strict):
 
 
 Architecture = Annotated[
-    MLPArchitecture | CharRNNArchitecture | CharLMArchitecture, Field(discriminator="type")
+    MLPArchitecture | CharRNNArchitecture | CharLMArchitecture | OnnxArchitecture,
+    Field(discriminator="type"),
 ]
 
 
@@ -124,6 +126,8 @@ class ModelConfig(_Strict):
     """Everything in `config.json`."""
 
     format_version: Literal[1] = 1
+    # "onnx": the version is a graph, `model.onnx`, run by ONNX Runtime (models/onnx_file.py).
+    format: Literal["native", "onnx"] = "native"
     name: str = Field(pattern=f"^{MODEL_NAME.pattern}$")
     task: Literal["classify", "score"]
     description: str = ""
@@ -141,7 +145,11 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
         arch, task = self.architecture, self.task
-        if isinstance(arch, MLPArchitecture):
+        if (self.format == "onnx") != isinstance(arch, OnnxArchitecture):
+            raise ValueError('"format": "onnx" goes with an architecture of type "onnx"')
+        if isinstance(arch, OnnxArchitecture):
+            _check_onnx_config(self, arch)
+        elif isinstance(arch, MLPArchitecture):
             if task != "classify" or not isinstance(self.input, VectorInput):
                 raise ValueError("an mlp is a classifier over a vector input")
             width = 1
@@ -162,9 +170,24 @@ class ModelConfig(_Strict):
         return self
 
 
+def _check_onnx_config(config: ModelConfig, arch: OnnxArchitecture) -> None:
+    if config.task == "classify" and len(config.labels) < 2:
+        raise ValueError("an onnx classifier needs its labels (two or more), in output order")
+    if config.task == "score" and not isinstance(config.input, TextInput):
+        raise ValueError("an onnx scoring model needs a text input")
+    if arch.lengths_input is not None and not isinstance(config.input, TextInput):
+        raise ValueError("lengths_input applies to a text input only")
+    if arch.lengths_input == arch.input:
+        raise ValueError("lengths_input must be another graph input than input")
+    if config.weights_file != ONNX_FILE:
+        raise ValueError(f"an onnx version's weights_file is {ONNX_FILE}")
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     """An untrained module of the configured architecture."""
     arch = config.architecture
+    if isinstance(arch, OnnxArchitecture):
+        raise CheckpointError("an onnx version has no PyTorch module: ONNX Runtime runs its graph")
     if isinstance(arch, MLPArchitecture):
         return MLP(arch.layer_sizes, arch.activation)
     assert isinstance(config.input, TextInput)
@@ -295,7 +318,9 @@ def save_checkpoint(directory: Path, model: nn.Module, config: ModelConfig) -> M
 
 
 def write_config(directory: Path, config: ModelConfig) -> None:
-    text = json.dumps(config.model_dump(mode="json"), indent=2, ensure_ascii=False)
+    # A native checkpoint's config.json stays as it was before ONNX versions: no "format" key.
+    exclude = {"format"} if config.format == "native" else None
+    text = json.dumps(config.model_dump(mode="json", exclude=exclude), indent=2, ensure_ascii=False)
     path = directory / CONFIG_FILE
     path.write_text(text + "\n", encoding="utf-8")
     path.chmod(FILE_MODE)

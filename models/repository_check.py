@@ -57,6 +57,8 @@ def check_version(directory: Path, device: str = "cpu") -> VersionCheck:
             raise CheckpointError(
                 f"config.json names the model '{config.name}' but it lies under '{name}'"
             )
+        if config.format == "onnx":
+            return _check_onnx(directory, device)
         model, config = load_checkpoint(directory, device)
         check_finite_outputs(model, config)
     except CheckpointError as exc:
@@ -65,3 +67,16 @@ def check_version(directory: Path, device: str = "cpu") -> VersionCheck:
     sha = (config.weights_sha256 or "")[:12] or "not recorded"
     detail = f"{config.architecture.type}, {parameters:,} parameters, sha256 {sha}"
     return VersionCheck(name, version, None, detail)
+
+
+def _check_onnx(directory: Path, device: str) -> VersionCheck:
+    """An ONNX version: its graph checked, opened in ONNX Runtime and warmed up."""
+    from models.onnx_file import load_onnx
+
+    model, config = load_onnx(directory, device)
+    sha = (config.weights_sha256 or "")[:12] or "not recorded"
+    detail = (
+        f"onnx opset {model.facts.opset} on {model.device}, {model.facts.elements:,} "
+        f"weights, sha256 {sha}"
+    )
+    return VersionCheck(directory.parent.name, directory.name, None, detail)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
@@ -69,14 +70,29 @@ def write_version(
 ) -> tuple[Path, ModelConfig]:
     """Save the checkpoint as `<repository>/<config.name>/<version>`: written beside it under a
     hidden name, then renamed into place (a replaced version is removed only afterwards)."""
-    parent = repository / config.name
+    return write_version_with(
+        repository,
+        config.name,
+        version,
+        force,
+        lambda staging: save_checkpoint(staging, model, config),
+    )
+
+
+def write_version_with(
+    repository: Path, name: str, version: int, force: bool, save: Callable[[Path], ModelConfig]
+) -> tuple[Path, ModelConfig]:
+    """As `write_version`, with `save` writing the version's files into the staging directory
+    it is given (and checking them: an exception there leaves nothing behind)."""
+    parent = repository / name
     target = parent / str(version)
-    plan_version(repository, config.name, version, force)
+    plan_version(repository, name, version, force)
     parent.mkdir(parents=True, exist_ok=True)
     staging = parent / f".incoming-{version}-{uuid.uuid4().hex[:8]}"
     old = parent / f".replaced-{version}-{uuid.uuid4().hex[:8]}"
     try:
-        saved = save_checkpoint(staging, model, config)
+        staging.mkdir(parents=True)
+        saved = save(staging)
         staging.chmod(0o755)
         if target.exists():
             target.rename(old)

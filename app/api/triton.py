@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from app.api.grpc.generated import grpc_service_pb2 as service
 from app.api.grpc.generated import model_config_pb2 as config_pb
-from app.api.v2.tensors import BYTES, FP32, INT32, Signature, TensorSpec, signature
+from app.api.v2.tensors import BYTES, FP32, INT32, Signature, TensorSpec, platform, signature
 from app.errors import ModelNotReady
 from app.serving.results import Duration, VersionInfo, VersionStatistics
 
@@ -46,8 +46,8 @@ def model_config(info: VersionInfo) -> Any:
     gpus = [int(device.partition(":")[2] or 0)] if kind == "KIND_GPU" else []
     return config_pb.ModelConfig(
         name=info.name,
-        platform=PLATFORM,
-        backend=PLATFORM,
+        platform=platform(info.config),
+        backend="onnxruntime" if info.config.format == "onnx" else PLATFORM,
         max_batch_size=batching.max_batch_size,
         input=[
             config_pb.ModelInput(name=t.name, data_type=_DATA_TYPES[t.datatype], dims=_dims(t))

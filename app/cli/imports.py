@@ -1,4 +1,5 @@
-"""`batchserve import keras|torch FILE`: a Keras file or a PyTorch state_dict as a new version."""
+"""`batchserve import keras|torch|onnx FILE`: a Keras file, a PyTorch state_dict or an ONNX graph
+as a new version."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from app.cli import import_onnx
 from app.cli.common import SUMMARIES, UsageError, fail
 
 
@@ -44,7 +46,8 @@ def add(commands: Any) -> None:
         choices=["identity", "tanh"],
         help="i2h/i2o RNN: identity (the tutorial as written) or tanh on the hidden state",
     )
-    for sub in (keras, torch_):
+    onnx = import_onnx.add(kinds)
+    for sub in (keras, torch_, onnx):
         sub.add_argument("file", type=Path, metavar="FILE")
         sub.add_argument("--name", help="model name (default: the file's stem)")
         sub.add_argument(
@@ -65,7 +68,7 @@ def add(commands: Any) -> None:
             help="a partial config.json for any other field (input, labels, batching, metrics, "
             "data); options given here win",
         )
-        sub.set_defaults(handler=_import)
+        sub.set_defaults(handler=import_onnx.run if sub is onnx else _import)
     keras.add_argument("--input-range", metavar="LOW,HIGH", help="refuse inputs outside it")
     keras.add_argument("--input-shape", metavar="AxB", help="also accept this nested layout")
     torch_.add_argument("--input-range", metavar="LOW,HIGH", help="mlp: refuse inputs outside it")
@@ -84,7 +87,7 @@ def _import(args: argparse.Namespace) -> int:
     from models.versions import VersionError, default_repository, plan_version, write_version
 
     try:
-        facts = _user_facts(args)
+        facts = user_facts(args)
         repository = (args.repository or default_repository()).expanduser().resolve()
         version = plan_version(repository, facts.name, args.version, args.force)
         if args.kind == "keras":
@@ -100,7 +103,7 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_facts(args: argparse.Namespace) -> Any:
+def user_facts(args: argparse.Namespace) -> Any:
     from models.importing import UserFacts, read_base_config
     from models.train_cli import name_from_file
 

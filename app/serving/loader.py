@@ -15,6 +15,7 @@ import torch
 
 from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
 from app.serving.generation import StepReport, StepScheduler
+from app.serving.onnx_servable import is_onnx, load_onnx_servable, onnx_generator
 from app.serving.servables import AnyServable, SequenceScorer, Task, make_servable
 from app.settings import Settings
 from models.architectures import CharLM
@@ -81,17 +82,25 @@ async def load_model(
     """Load, check and warm up one version; its batcher is started. Raises CheckpointError (or
     OSError/RuntimeError/ValueError from torch) when the checkpoint cannot serve."""
     loop = asyncio.get_running_loop()
-    device = configured_device(path, settings)
-    module, config = await loop.run_in_executor(None, load_checkpoint, path, device)
+    module: torch.nn.Module | None = None
+    if is_onnx(path):  # a graph run by ONNX Runtime (app/serving/onnx_servable.py)
+        servable, config, onnx_device = await loop.run_in_executor(
+            None, load_onnx_servable, path, settings
+        )
+        device = torch.device(onnx_device)
+    else:
+        device = configured_device(path, settings)
+        module, config = await loop.run_in_executor(None, load_checkpoint, path, device)
     if config.name != name:
         raise CheckpointError(
             f"config.json names the model '{config.name}' but it lies under '{name}'"
         )
-    # Finite weights can still overflow: the same probe as `batchserve check`.
-    await loop.run_in_executor(None, check_finite_outputs, module, config)
-    if settings.compile:
-        module = torch.compile(module, dynamic=True)  # type: ignore[assignment]
-    servable = make_servable(module, config, device, settings.pin_memory)
+    if module is not None:
+        # Finite weights can still overflow: the same probe as `batchserve check`.
+        await loop.run_in_executor(None, check_finite_outputs, module, config)
+        if settings.compile:
+            module = torch.compile(module, dynamic=True)  # type: ignore[assignment]
+        servable = make_servable(module, config, device, settings.pin_memory)
     executor = executor_for(device)
     if settings.warmup:
         await loop.run_in_executor(executor, _warm_up, servable)
@@ -104,7 +113,10 @@ async def load_model(
         observer=on_batch,
     )
     batcher.start()
-    generator = _generator(module, servable, executor, batcher.limits, on_step)
+    if module is None:
+        generator = onnx_generator(servable, executor, batcher.limits, on_step)
+    else:
+        generator = _generator(module, servable, executor, batcher.limits, on_step)
     return LoadedModel(name, version, config, servable, batcher, str(device), sha256, generator)
 
 

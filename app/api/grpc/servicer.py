@@ -75,7 +75,7 @@ class InferenceServicer:
         return pb.ModelMetadataResponse(
             name=info.name,
             versions=info.versions if version is None else [version],
-            platform=triton.PLATFORM,
+            platform=tensors.platform(info.config),
             inputs=[_metadata(t) for t in signature.inputs],
             outputs=[_metadata(t) for t in signature.outputs],
         )

@@ -22,6 +22,7 @@ from app.api.v2.tensors import (
     check_outputs,
     class_count,
     decode_inputs,
+    platform,
     signature,
     to_bytes,
 )
@@ -45,7 +46,7 @@ def model_metadata(info: VersionInfo, versions: list[str]) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": info.name,
         "versions": versions,
-        "platform": "pytorch",
+        "platform": platform(info.config),
         "inputs": [t.describe() for t in tensors.inputs],
         "outputs": [t.describe() for t in tensors.outputs],
         "version": info.version,

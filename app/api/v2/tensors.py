@@ -22,6 +22,7 @@ from app.serving.loader import LoadedModel
 from app.serving.results import Classification, Scores
 from app.serving.servables import json_type_name
 from models.checkpoint import ModelConfig, TextInput
+from models.onnx_schema import OnnxArchitecture
 
 FP32, INT32, BYTES = "FP32", "INT32", "BYTES"
 LITTLE_ENDIAN = {FP32: "<f4", INT32: "<i4"}
@@ -52,6 +53,8 @@ def signature(config: ModelConfig) -> Signature:
     """The tensors follow from the task and the input kind, never from the model's name."""
     if isinstance(config.input, TextInput):
         source = TensorSpec("text", BYTES, (-1,))
+    elif isinstance(config.architecture, OnnxArchitecture):  # the graph's input and item dims
+        source = TensorSpec(config.architecture.input, FP32, (-1, *config.input.shape))
     else:
         source = TensorSpec("input", FP32, (-1, math.prod(config.input.shape)))
     outputs: tuple[TensorSpec, ...]
@@ -67,6 +70,11 @@ def signature(config: ModelConfig) -> Signature:
             TensorSpec("label", BYTES, (-1,)),
         )
     return Signature((source,), outputs)
+
+
+def platform(config: ModelConfig | None) -> str:
+    """The model metadata's platform: Triton's name for what runs the version."""
+    return "onnxruntime_onnx" if config is not None and config.format == "onnx" else "pytorch"
 
 
 # -- inputs -----------------------------------------------------------------------------------
