@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 
 from app.errors import DEADLINE_PASSED, DeadlineExceeded, ModelNotReady, QueueFull
-from app.serving.batcher import CLIENT_GONE
+from app.serving.batcher import client_gone
 from models.architectures import CharLM
 from models.sampling import SamplingParams, next_tokens
 
@@ -197,7 +197,7 @@ class StepScheduler:
             return False
         if sequence.gone is not None and sequence.gone():
             sequence.cancel()
-            sequence.outputs.put_nowait(CLIENT_GONE)
+            sequence.outputs.put_nowait(client_gone())
             return False
         return True
 
