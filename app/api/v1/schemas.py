@@ -27,7 +27,6 @@ class PredictRequest(BaseModel):
     )
     inputs: list[list[float] | list[list[float]] | str] = Field(
         min_length=1,
-        max_length=1024,
         description="Items to classify (at most the server's max_items_per_request, default "
         "1024): 784 floats in [0, 1] or a 28x28 nested list for mnist-mlp, "
         "a surname for names-rnn.",
@@ -109,14 +108,12 @@ class ScoreRequest(BaseModel):
     inputs: list[str] | None = Field(
         None,
         min_length=1,
-        max_length=1024,
         description="Whole strings to score (EOS included); at most the server's "
         "max_items_per_request (default 1024).",
     )
     pairs: list[ScorePair] | None = Field(
         None,
         min_length=1,
-        max_length=1024,
         description="Context/continuation pairs; at most max_items_per_request (default 1024).",
     )
     per_token: bool = Field(False, description="Also return each token's log-probability.")
