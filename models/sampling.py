@@ -58,10 +58,12 @@ def next_tokens(
     params: Sequence[SamplingParams],
     generators: Sequence[torch.Generator | None],
     forbidden: Sequence[int] = (),
+    draws: Sequence[float | None] | None = None,
 ) -> torch.Tensor:
     """One token per row of log_probs [B, vocab]: the argmax for greedy rows, else a draw from the
-    row's filtered distribution using one uniform number from that row's generator. `forbidden`
-    token ids (e.g. BOS) are never chosen. Returns [B] token ids on log_probs' device."""
+    row's filtered distribution using one uniform number from that row's generator (or, where
+    `draws` is given, that row's number, already drawn with `draw`). `forbidden` token ids (e.g.
+    BOS) are never chosen. Returns [B] token ids on log_probs' device."""
     if len(params) != log_probs.shape[0] or len(generators) != log_probs.shape[0]:
         raise ValueError(
             f"{log_probs.shape[0]} rows but {len(params)} params and {len(generators)} generators"
@@ -73,21 +75,29 @@ def next_tokens(
     sampled = [i for i, p in enumerate(params) if not p.greedy]
     if sampled:
         rows = torch.tensor(sampled, device=scores.device)
-        draws = _draw([params[i] for i in sampled], [generators[i] for i in sampled])
-        chosen[rows] = _sample_rows(scores[rows], [params[i] for i in sampled], draws)
+        if draws is None:
+            uniforms = [_drawn(draw(params[i], generators[i]), params[i]) for i in sampled]
+        else:
+            uniforms = [_drawn(draws[i], params[i]) for i in sampled]
+        chosen[rows] = _sample_rows(scores[rows], [params[i] for i in sampled], uniforms)
     return chosen
 
 
-def _draw(
-    params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
-) -> list[float]:
-    """One uniform number in [0, 1) per sampled row, from that row's own generator."""
-    draws = []
-    for param, generator in zip(params, generators, strict=True):
-        if generator is None:
-            raise ValueError(f"a sampling row (temperature {param.temperature}) needs a generator")
-        draws.append(float(torch.rand((), generator=generator)))
-    return draws
+def draw(params: SamplingParams, generator: torch.Generator | None) -> float | None:
+    """This step's uniform number in [0, 1) for one sequence, from its own generator (None for
+    a greedy one, which draws nothing). Drawn once per step: a step that is retried reuses it,
+    so that the sequence's stream does not depend on a neighbour's failure."""
+    if params.greedy:
+        return None
+    if generator is None:
+        raise ValueError(f"a sampling row (temperature {params.temperature}) needs a generator")
+    return float(torch.rand((), generator=generator))
+
+
+def _drawn(value: float | None, params: SamplingParams) -> float:
+    if value is None:
+        raise ValueError(f"a sampling row (temperature {params.temperature}) needs a draw")
+    return value
 
 
 def _sample_rows(
@@ -100,7 +110,9 @@ def _sample_rows(
     probs = torch.softmax(scores / temperature, dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
     rank = torch.arange(probs.shape[1], device=device).unsqueeze(0)
-    top_k = torch.tensor([p.top_k or probs.shape[1] for p in params], device=device).unsqueeze(1)
+    vocab = probs.shape[1]  # a top_k past the vocabulary keeps every token
+    top_k = torch.tensor([min(p.top_k or vocab, vocab) for p in params], device=device)
+    top_k = top_k.unsqueeze(1)
     top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
     # Keep a token while the mass ranked above it is below top_p: the smallest set reaching
     # top_p, and never less than the most likely token.

@@ -150,6 +150,30 @@ def test_connections_beyond_the_limit_are_answered_503_and_closed(url: str) -> N
     assert httpx.get(f"{url}/v2/health/live").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"CONNECT example.com:443 HTTP/1.1",
+        b"CONNECT 127.0.0.1:8000 HTTP/1.1",
+        b"GET http://[::1/x HTTP/1.1",
+        b"GET http://a:99999999/x HTTP/1.1",
+        b"POST http://[zz]/v1/completions HTTP/1.1",
+    ],
+)
+def test_a_request_target_that_does_not_parse_is_answered_400(
+    url: str, line: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not zero bytes and a "Fatal error on transport" traceback: a 400, then the close."""
+    with caplog.at_level("ERROR"), _connect(url) as sock:
+        sock.sendall(line + b"\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        answer = _answer(sock)
+    assert _status(answer) == 400, answer
+    assert b"malformed_request" in answer and b"connection: close" in answer.lower()
+    assert not [r for r in caplog.records if "Fatal error" in r.getMessage()]
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'batchserve_rejected_requests_total{reason="malformed_request"}' in metrics
+
+
 def test_refusals_on_connections_are_counted_by_reason(url: str) -> None:
     with _connect(url) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nX: " + b"y" * 8192 + b"\r\n\r\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+log = logging.getLogger("batchserve")
 
 END_OF_HEAD = b"\r\n\r\n"
 # The ASGI scope extension whose "gone" a request calls to ask: has its client left?
@@ -98,8 +101,13 @@ def limited_protocol(
                 cause = exc.__context__
                 if isinstance(cause, _Refused):
                     self._refuse(cause)
-                else:
-                    raise
+                    return
+                # uvicorn's callbacks raise on what httptools let through: a request target
+                # it cannot parse (CONNECT's authority form, a bad absolute URL). An answer,
+                # not a dropped connection and a "Fatal error on transport".
+                if not isinstance(cause, httptools.HttpParserError):
+                    log.warning("request refused: %s", cause, exc_info=cause)
+                self._refuse(_Refused(400, "malformed_request", _malformed(cause)))
             except httptools.HttpParserError:
                 self._refuse(_Refused(400, "malformed_request", "Invalid HTTP request received."))
             except httptools.HttpParserUpgrade:
@@ -183,6 +191,12 @@ def limited_protocol(
             self.transport.close()
 
     return LimitedHttpToolsProtocol
+
+
+def _malformed(cause: BaseException | None) -> str:
+    if isinstance(cause, httptools.HttpParserInvalidURLError):
+        return "Invalid HTTP request received: the request target is not a valid URL."
+    return "Invalid HTTP request received."
 
 
 def _answer(refused: _Refused, retry_after_s: int | None) -> bytes:

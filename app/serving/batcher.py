@@ -23,7 +23,14 @@ from app.errors import (
     ServiceError,
 )
 
-CLIENT_GONE = ClientDisconnected("the client disconnected before its answer was ready")
+CLIENT_GONE_MESSAGE = "the client disconnected before its answer was ready"
+
+
+def client_gone() -> ClientDisconnected:
+    """A fresh error for one abandoned item. Never share one instance: each raise chains its
+    frames into the instance's traceback (keeping every abandoned request's locals alive), and
+    the data plane prefixes the message of the error it raises."""
+    return ClientDisconnected(CLIENT_GONE_MESSAGE)
 
 
 BATCHES_IN_FLIGHT = 2  # one computing, the next waiting for the inference thread
@@ -353,7 +360,7 @@ class DynamicBatcher:
                 continue
             if item.gone is not None and item.gone():
                 self._queue.popleft()
-                item.future.set_exception(CLIENT_GONE)
+                item.future.set_exception(client_gone())
                 continue
             if batch and limits.max_batch_tokens and tokens + item.tokens > limits.max_batch_tokens:
                 break

@@ -16,6 +16,9 @@ from app.serving.generation import FinishReason, GeneratingSequence, SequenceReq
 from models.sampling import SamplingParams, make_generator
 from models.text import CharVocab
 
+# Tokens one completions request may generate, all its prompts and choices together.
+MAX_GENERATED_TOKENS = 65_536
+
 
 @dataclass(frozen=True, slots=True)
 class CompletionRequest:
@@ -61,10 +64,23 @@ class CompletionChoice:
 
 
 def sequence_requests(
-    request: CompletionRequest, vocab: CharVocab, max_length: int
+    request: CompletionRequest, vocab: CharVocab, max_length: int, max_generated: int
 ) -> list[SequenceRequest]:
     """One sequence per prompt and choice (choice index = prompt index * n + j), each with its own
-    random stream, so that its draws depend on its seed and index only."""
+    random stream, so that its draws depend on its seed and index only. The model's bounds are
+    checked here: top_k within its vocabulary, every prompt and its completion within its
+    length, and all choices' tokens together within `max_generated`."""
+    size = vocab.lm_vocab_size
+    top_k = request.params.top_k
+    if top_k > size:
+        raise InvalidInput(f"top_k: {top_k}; the model has {size} tokens (0 keeps them all)")
+    generated = len(request.prompts) * request.n * request.max_tokens
+    if generated > max_generated:
+        raise InvalidInput(
+            f"max_tokens: {len(request.prompts)} prompts x n {request.n} x max_tokens "
+            f"{request.max_tokens} = {generated} tokens; the limit is {max_generated} per "
+            "request"
+        )
     sequences = []
     for p, prompt in enumerate(request.prompts):
         field_name = "prompt" if len(request.prompts) == 1 else f"prompt[{p}]"

@@ -26,6 +26,7 @@ from app.errors import (
 )
 from app.serving.batcher import BatchReport, DynamicBatcher, WorkItem
 from app.serving.completions import (
+    MAX_GENERATED_TOKENS,
     ChoiceStream,
     CompletionChoice,
     CompletionRequest,
@@ -202,7 +203,7 @@ class DataPlane:
         is generated. Choice i*n + j continues prompt i."""
         scorer, generator = _scorer(model), model.generator
         assert generator is not None
-        requests = sequence_requests(request, scorer.vocab, scorer.max_length)
+        requests = sequence_requests(request, scorer.vocab, scorer.max_length, MAX_GENERATED_TOKENS)
         sequences = generator.submit(requests, ctx.deadline, ctx.client_gone)
         ctx.items = len(sequences)
         return [ChoiceStream(s, i, request, scorer.vocab) for i, s in enumerate(sequences)]

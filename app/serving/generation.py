@@ -20,9 +20,9 @@ from typing import Literal
 import torch
 
 from app.errors import DEADLINE_PASSED, DeadlineExceeded, ModelNotReady, QueueFull
-from app.serving.batcher import CLIENT_GONE
+from app.serving.batcher import client_gone
 from models.architectures import CharLM
-from models.sampling import SamplingParams, next_tokens
+from models.sampling import SamplingParams, draw, next_tokens
 
 FinishReason = Literal["stop", "length"]
 
@@ -92,7 +92,11 @@ class _Batch:
 
 
 class StepScheduler:
-    """One per language-model version: up to `max_running` sequences advance together."""
+    """One per language-model version: up to `max_running` sequences advance together.
+
+    One sequence never fails another: a step that raises is run again sequence by sequence
+    (with the random numbers each had drawn for it), so that only the sequence at fault ends,
+    with its own error, and the others go on as they would have alone."""
 
     def __init__(
         self,
@@ -111,26 +115,37 @@ class StepScheduler:
         self.max_running, self.max_waiting = max_running, max_waiting
         self._waiting: deque[GeneratingSequence] = deque()
         self._running: list[GeneratingSequence] = []
+        self._joining: list[GeneratingSequence] = []  # in their first step, on the thread
         self._batch = _Batch()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._accepting = False
 
     @property
     def busy(self) -> int:
-        return len(self._waiting) + len(self._running)
+        """Sequences accepted and not yet finished: waiting, in their first step, or running."""
+        return len(self._waiting) + len(self._joining) + len(self._running)
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run_forever())
+            self._accepting = True
 
     async def stop(self) -> None:
-        """Finish every accepted sequence, then stop."""
-        while self.busy:
+        """Refuse new sequences, finish every accepted one (first steps included), then stop;
+        should the scheduler have died, the sequences it left are answered with an error."""
+        self._accepting = False
+        while self.busy and self._task is not None and not self._task.done():
             await asyncio.sleep(0.01)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        left = [*self._waiting, *self._joining, *self._running]
+        self._waiting.clear()
+        self._joining, self._running, self._batch = [], [], _Batch()
+        for sequence in left:
+            sequence.outputs.put_nowait(_not_accepting())
 
     def submit(
         self,
@@ -139,8 +154,8 @@ class StepScheduler:
         gone: Callable[[], bool] | None = None,
     ) -> list[GeneratingSequence]:
         """Queue the sequences of one request, all or none."""
-        if self._task is None:
-            raise ModelNotReady("this model version is not accepting work (it is being unloaded)")
+        if self._task is None or not self._accepting:
+            raise _not_accepting()
         if len(self._waiting) + len(requests) > self.max_waiting:
             raise QueueFull(
                 f"the generation queue of this model is full ({len(self._waiting)} sequences "
@@ -162,17 +177,17 @@ class StepScheduler:
             joining = self._admit()
             keep = [i for i, s in enumerate(self._running) if self._live(s)]
             self._running = [self._running[i] for i in keep]
+            self._joining = joining
             started = time.monotonic()
             try:
                 outputs = await loop.run_in_executor(self.executor, self._step, joining, keep)
-            except Exception as exc:  # noqa: BLE001 - the model failed: end every sequence
-                for sequence in [*self._running, *joining]:
-                    sequence.outputs.put_nowait(exc)
-                self._running, self._batch = [], _Batch()
-                continue
+            except Exception as exc:  # noqa: BLE001 - the step's own errors come per sequence
+                outputs = [exc] * (len(self._running) + len(joining))
+                self._batch = _Batch()
             self._deliver([*self._running, *joining], outputs)
+            self._joining = []
             if self.observer is not None:
-                tokens = sum(o.token is not None for o in outputs)
+                tokens = sum(isinstance(o, StepOutput) and o.token is not None for o in outputs)
                 report = StepReport(len(outputs), len(joining), tokens, time.monotonic() - started)
                 self.observer(report)
             await asyncio.sleep(0)  # a turn for requests that are ready to join
@@ -197,33 +212,108 @@ class StepScheduler:
             return False
         if sequence.gone is not None and sequence.gone():
             sequence.cancel()
-            sequence.outputs.put_nowait(CLIENT_GONE)
+            sequence.outputs.put_nowait(client_gone())
             return False
         return True
 
-    def _deliver(self, sequences: list[GeneratingSequence], outputs: list[StepOutput]) -> None:
+    def _deliver(
+        self, sequences: list[GeneratingSequence], outputs: Sequence[StepOutput | BaseException]
+    ) -> None:
+        """Hand each sequence its output; the ones that go on (in the order of the batch's rows)
+        are the running set of the next step."""
         running = []
         for sequence, output in zip(sequences, outputs, strict=True):
             sequence.outputs.put_nowait(output)
-            if output.finish_reason is None:
+            if isinstance(output, StepOutput) and output.finish_reason is None:
                 running.append(sequence)
         self._running = running
 
     # -- on the inference thread --------------------------------------------------------------
-    def _step(self, joining: list[GeneratingSequence], keep: list[int]) -> list[StepOutput]:
+    def _step(
+        self, joining: list[GeneratingSequence], keep: list[int]
+    ) -> list[StepOutput | BaseException]:
         """Drop the rows not in `keep`, read the joining prompts, choose each row's next token,
-        and advance the rows that go on. Returns one output per row (running, then joining)."""
+        and advance the rows that go on. Returns one output (or error) per row: running, then
+        joining. Should the batch fail, each sequence is stepped alone."""
+        running = self._running
         with torch.inference_mode():
-            batch = self._batch
-            if batch.state is not None and batch.log_probs is not None:
+            state, log_probs = self._batch.state, self._batch.log_probs
+            if state is not None and log_probs is not None:
                 rows = torch.tensor(keep, dtype=torch.long, device=self.device)
-                batch.state, batch.log_probs = batch.state[rows], batch.log_probs[rows]
-            echoes = self._prefill(joining) if joining else []
-            sequences = [*self._running, *joining]
-            echoed = [()] * (len(sequences) - len(echoes)) + echoes
-            return self._choose(sequences, echoed)
+                state, log_probs = state[rows], log_probs[rows]
+            sequences = [*running, *joining]
+            draws = [_draw(s) for s in sequences]  # before anything can fail: drawn once
+            outputs: list[StepOutput | BaseException]
+            try:
+                if any(isinstance(d, BaseException) for d in draws):
+                    raise ValueError("a sequence could not draw its random number")
+                outputs, self._batch = self._advance(running, joining, state, log_probs, draws)
+            except Exception:  # noqa: BLE001 - narrowed down to the sequence at fault below
+                outputs, self._batch = self._one_by_one(running, joining, state, log_probs, draws)
+        for sequence, output in zip(sequences, outputs, strict=True):
+            if isinstance(output, StepOutput) and output.token is not None:
+                sequence.generated += 1
+        return outputs
 
-    def _prefill(self, joining: list[GeneratingSequence]) -> list[tuple[TokenLogProb, ...]]:
+    def _one_by_one(
+        self,
+        running: list[GeneratingSequence],
+        joining: list[GeneratingSequence],
+        state: torch.Tensor | None,
+        log_probs: torch.Tensor | None,
+        draws: list[float | BaseException | None],
+    ) -> tuple[list[StepOutput | BaseException], _Batch]:
+        """The step of each sequence alone: its error is its own, and the rows of the ones that
+        go on are put back together, in order."""
+        outputs: list[StepOutput | BaseException] = []
+        states, rows_log_probs = [], []
+        for i, sequence in enumerate([*running, *joining]):
+            drawn = draws[i]
+            if isinstance(drawn, BaseException):
+                outputs.append(drawn)
+                continue
+            try:
+                if i < len(running):
+                    assert state is not None and log_probs is not None
+                    own = state[i : i + 1], log_probs[i : i + 1]
+                    (output,), batch = self._advance([sequence], [], *own, [drawn])
+                else:
+                    (output,), batch = self._advance([], [sequence], None, None, [drawn])
+            except Exception as exc:  # noqa: BLE001 - this sequence's own failure
+                outputs.append(exc)
+                continue
+            outputs.append(output)
+            if batch.state is not None and batch.log_probs is not None:
+                states.append(batch.state)
+                rows_log_probs.append(batch.log_probs)
+        if not states:
+            return outputs, _Batch()
+        return outputs, _Batch(torch.cat(states), torch.cat(rows_log_probs))
+
+    def _advance(
+        self,
+        running: list[GeneratingSequence],
+        joining: list[GeneratingSequence],
+        state: torch.Tensor | None,
+        log_probs: torch.Tensor | None,
+        draws: Sequence[float | BaseException | None],
+    ) -> tuple[list[StepOutput | BaseException], _Batch]:
+        """One step of these rows (the running ones' `state` and `log_probs`, then the joining
+        ones' prompts), changing nothing outside: the outputs and the rows that go on."""
+        echoes: list[tuple[TokenLogProb, ...]] = []
+        if joining:
+            echoes, prompt_state, last = self._prefill(joining)
+            state = prompt_state if state is None else torch.cat((state, prompt_state))
+            log_probs = last if log_probs is None else torch.cat((log_probs, last))
+        assert state is not None and log_probs is not None
+        sequences = [*running, *joining]
+        echoed = [()] * (len(sequences) - len(echoes)) + echoes
+        floats = [d if not isinstance(d, BaseException) else None for d in draws]
+        return self._choose(sequences, echoed, state, log_probs, floats)
+
+    def _prefill(
+        self, joining: list[GeneratingSequence]
+    ) -> tuple[list[tuple[TokenLogProb, ...]], torch.Tensor, torch.Tensor]:
         prompts = [list(s.request.prompt) for s in joining]
         lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
         tokens = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long)
@@ -231,26 +321,27 @@ class StepScheduler:
             tokens[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         log_probs, state = self.model.prefill(tokens.to(self.device), lengths)
         last = log_probs[torch.arange(len(prompts)), lengths - 1]
-        batch = self._batch
-        batch.state = state if batch.state is None else torch.cat((batch.state, state))
-        batch.log_probs = last if batch.log_probs is None else torch.cat((batch.log_probs, last))
-        return [
+        echoes = [
             _echo(s.request, log_probs[i, : len(s.request.prompt)]) for i, s in enumerate(joining)
         ]
+        return echoes, state, last
 
     def _choose(
-        self, sequences: list[GeneratingSequence], echoed: list[tuple[TokenLogProb, ...]]
-    ) -> list[StepOutput]:
-        batch = self._batch
-        assert batch.log_probs is not None and batch.state is not None
-        log_probs = batch.log_probs
+        self,
+        sequences: list[GeneratingSequence],
+        echoed: list[tuple[TokenLogProb, ...]],
+        state: torch.Tensor,
+        log_probs: torch.Tensor,
+        draws: list[float | None],
+    ) -> tuple[list[StepOutput | BaseException], _Batch]:
         params = [s.request.params for s in sequences]
         generators = [s.request.generator for s in sequences]
-        chosen = next_tokens(log_probs, params, generators, forbidden=[self.bos])
+        chosen = next_tokens(log_probs, params, generators, forbidden=[self.bos], draws=draws)
         picked = log_probs.gather(1, chosen[:, None])[:, 0].tolist()
         k = max(s.request.top_logprobs for s in sequences)
         tops = _top(log_probs, k)
-        outputs, going = [], []
+        outputs: list[StepOutput | BaseException] = []
+        going = []
         for i, sequence in enumerate(sequences):
             request = sequence.request
             if request.max_new_tokens == 0:  # the prompt only
@@ -258,21 +349,31 @@ class StepScheduler:
                 continue
             token = int(chosen[i])
             new = TokenLogProb(token, picked[i], tops[i][: request.top_logprobs])
-            sequence.generated += 1
             finish: FinishReason | None = None
             if token == self.eos:
                 finish = "stop"
-            elif sequence.generated >= request.max_new_tokens:
+            elif sequence.generated + 1 >= request.max_new_tokens:
                 finish = "length"
             else:
                 going.append(i)
             outputs.append(StepOutput(echoed[i], new, finish))
-        if going:
-            rows = torch.tensor(going, dtype=torch.long, device=self.device)
-            batch.log_probs, batch.state = self.model.step(chosen[rows], batch.state[rows])
-        else:
-            batch.log_probs = batch.state = None
-        return outputs
+        if not going:
+            return outputs, _Batch()
+        rows = torch.tensor(going, dtype=torch.long, device=self.device)
+        next_log_probs, next_state = self.model.step(chosen[rows], state[rows])
+        return outputs, _Batch(next_state, next_log_probs)
+
+
+def _not_accepting() -> ModelNotReady:
+    return ModelNotReady("this model version is not accepting work (it is being unloaded)")
+
+
+def _draw(sequence: GeneratingSequence) -> float | BaseException | None:
+    """The sequence's random number for this step (None: greedy), or why it has none."""
+    try:
+        return draw(sequence.request.params, sequence.request.generator)
+    except Exception as exc:  # noqa: BLE001 - that sequence's failure alone
+        return exc
 
 
 def _top(log_probs: torch.Tensor, k: int) -> list[tuple[tuple[int, float], ...]]:

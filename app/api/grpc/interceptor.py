@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,6 +19,7 @@ import grpc
 from app.api.context import Accounting, Keys, RequestIds, check_bearer, deadline_from
 from app.errors import (
     ItemFailed,
+    MalformedRequest,
     ModelNotReady,
     QueueFull,
     ResultNotFinite,
@@ -93,9 +94,14 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no ty
         self, continuation: Callable[[Any], Awaitable[Any]], details: Any
     ) -> Any:
         handler = await continuation(details)
+        if handler is None:
+            return None
         service, _, name = details.method.lstrip("/").partition("/")
-        if handler is None or service != SERVICE or handler.unary_unary is None:
-            return handler  # health, and the streaming RPC (answered UNIMPLEMENTED)
+        deserialize = _tolerant(handler.request_deserializer)
+        if service != SERVICE:  # health: only an undecodable request is answered here
+            return self._health(handler, details.method, deserialize)
+        if handler.unary_unary is None:
+            return handler  # the streaming RPC (answered UNIMPLEMENTED)
         rpc = RPCS.get(name, Rpc())
         metadata = {k: v for k, v in details.invocation_metadata or () if isinstance(v, str)}
         inner: Unary = handler.unary_unary
@@ -105,9 +111,45 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no ty
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=deserialize,
             response_serializer=handler.response_serializer,
         )
+
+    def _health(self, handler: Any, method: str, deserialize: Callable[[bytes], Any]) -> Any:
+        """The handler as it is, except that a request that does not decode is answered
+        INVALID_ARGUMENT (with its access-log line and metric) instead of UNKNOWN."""
+        serialize = handler.response_serializer
+        if handler.unary_unary is not None:
+            unary: Unary = handler.unary_unary
+
+            async def checked(request: Any, context: Any) -> Any:
+                if isinstance(request, Undecodable):
+                    await self._refuse(request, context, method)
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                checked, request_deserializer=deserialize, response_serializer=serialize
+            )
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def watched(request: Any, context: Any) -> AsyncIterator[Any]:
+                if isinstance(request, Undecodable):
+                    await self._refuse(request, context, method)
+                async for response in stream(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                watched, request_deserializer=deserialize, response_serializer=serialize
+            )
+        return handler
+
+    async def _refuse(self, request: Undecodable, context: Any, method: str) -> None:
+        ctx = RequestContext(self.ids.take(None))
+        error = request.error()
+        ctx.error = error.code
+        self.accounting.record(ctx, "POST", method, error.status, 0.0, "grpc")
+        await context.abort(status_code(error), error.message)
 
     async def _serve(
         self,
@@ -127,6 +169,8 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no ty
         token = REQUEST.set(ctx)
         try:
             self._admit(rpc, metadata, context, ctx)
+            if isinstance(request, Undecodable):
+                raise request.error()
             return await inner(request, context)
         except ServiceError as exc:
             ctx.error, status = exc.code, exc.status
@@ -160,6 +204,38 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no ty
         if rpc.metric:
             ctx.endpoint = rpc.metric
             ctx.deadline = _deadline(context, metadata)
+
+
+class Undecodable:
+    """A request message that did not decode (grpc would answer UNKNOWN, with a traceback):
+    the call goes on to be refused INVALID_ARGUMENT, logged and counted like any bad input."""
+
+    __slots__ = ("problem", "type_name")
+
+    def __init__(self, type_name: str, problem: Exception) -> None:
+        self.type_name, self.problem = type_name, problem
+
+    def error(self) -> MalformedRequest:
+        return MalformedRequest(
+            f"request: not a valid {self.type_name} message ({type(self.problem).__name__}: "
+            f"{str(self.problem)[:200]})"
+        )
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """`deserialize`, answering an Undecodable instead of raising."""
+    if deserialize is None:
+        return lambda raw: raw
+    owner = getattr(deserialize, "__self__", None)  # Message.FromString: bound to its class
+    type_name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
+
+    def tolerant(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, or anything a parser raises
+            return Undecodable(type_name, exc)
+
+    return tolerant
 
 
 def _deadline(context: Any, metadata: dict[str, str]) -> float | None:

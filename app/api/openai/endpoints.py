@@ -41,6 +41,18 @@ from models.sampling import SamplingParams
 
 MAX_STOP_STRINGS = 4
 SSE = b"text/event-stream"
+# pydantic's error types for a value of the right type past a bound.
+_BOUNDS = {
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "finite_number",
+    "too_long",
+    "too_short",
+    "string_too_long",
+    "string_too_short",
+}
 
 
 def openai_error(message: str, code: str) -> bytes:
@@ -65,9 +77,11 @@ def _body(raw: bytes, schema: type[BaseModel]) -> Any:
         return schema.model_validate(parse_json(raw))
     except ValidationError as exc:
         problems: dict[str, str] = {}
-        for error in exc.errors():
+        # A value past a bound says the bound, before the shapes it did not match.
+        for error in sorted(exc.errors(), key=lambda e: e["type"] not in _BOUNDS):
             field = str(error["loc"][0]) if error["loc"] else "body"
-            problems.setdefault(field, _SHAPES.get(field, error["msg"]))
+            bound = error["type"] in _BOUNDS
+            problems.setdefault(field, error["msg"] if bound else _SHAPES.get(field, error["msg"]))
         shown = [f"{field}: {problem}" for field, problem in list(problems.items())[:3]]
         raise InvalidInput("; ".join(shown)) from None
 

@@ -27,10 +27,17 @@ class PredictRequest(BaseModel):
     )
     inputs: list[list[float] | list[list[float]] | str] = Field(
         min_length=1,
-        description="Items to classify: 784 floats in [0, 1] or a 28x28 nested list for mnist-mlp, "
+        description="Items to classify (at most the server's max_items_per_request, default "
+        "1024): 784 floats in [0, 1] or a 28x28 nested list for mnist-mlp, "
         "a surname for names-rnn.",
     )
-    top_k: int = Field(1, ge=1, description="How many of the most likely labels to return.")
+    top_k: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="How many of the most likely labels to return (at most the server's "
+        "max_top_k, default 100).",
+    )
 
 
 class LabelProbability(BaseModel):
@@ -98,8 +105,17 @@ class ScoreRequest(BaseModel):
             ]
         },
     )
-    inputs: list[str] | None = Field(None, description="Whole strings to score (EOS included).")
-    pairs: list[ScorePair] | None = Field(None, description="Context/continuation pairs.")
+    inputs: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Whole strings to score (EOS included); at most the server's "
+        "max_items_per_request (default 1024).",
+    )
+    pairs: list[ScorePair] | None = Field(
+        None,
+        min_length=1,
+        description="Context/continuation pairs; at most max_items_per_request (default 1024).",
+    )
     per_token: bool = Field(False, description="Also return each token's log-probability.")
 
 

@@ -3,7 +3,7 @@ routes decode requests with `app.v2`, which also reads the binary tensor data ex
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,7 +98,7 @@ class ModelMetadataV2(BaseModel):
 
 class RequestInput(BaseModel):
     name: str
-    shape: list[int]
+    shape: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(max_length=8)
     datatype: str
     parameters: dict[str, Any] | None = Field(
         None, description="binary_data_size: the tensor's bytes after the JSON header."
@@ -122,8 +122,10 @@ class InferRequestV2(BaseModel):
     parameters: dict[str, Any] | None = Field(
         None, description="binary_data_output: true to receive every output as binary data."
     )
-    inputs: list[RequestInput]
-    outputs: list[RequestOutput] | None = Field(None, description="Which outputs; default all.")
+    inputs: list[RequestInput] = Field(max_length=16)
+    outputs: list[RequestOutput] | None = Field(
+        None, max_length=16, description="Which outputs; default all."
+    )
 
 
 class ResponseOutput(BaseModel):
