@@ -16,9 +16,19 @@ from torch import nn
 from models.checkpoint import CheckpointError, ModelConfig, build_model, check_weights
 from models.keras_file import read_keras
 from models.probe import check_finite_outputs
-from models.torch_file import Mapped, map_char_lm, map_char_rnn, map_mlp, read_state_dict
+from models.torch_file import (
+    Mapped,
+    is_plain_linear,
+    map_char_lm,
+    map_char_rnn,
+    map_mlp,
+    map_mlp_stack,
+    map_sequence_classifier,
+    read_state_dict,
+)
 
 DEFAULT_MAX_LENGTH = 32
+NO_UNKNOWN = object()  # a words input without an unknown token (None means "not given")
 FROM_THE_FILE = ("architecture", "weights_file", "weights_sha256", "format_version", "task")
 
 
@@ -36,6 +46,23 @@ class UserFacts:
     normalize: str | None = None
     activation: str | None = None  # mlp from a state_dict: the layers' activation
     hidden_activation: str | None = None  # the i2h/i2o RNN: tanh or identity
+    # The head: classify (default), multilabel (with threshold) or regress (with the targets'
+    # training scaling: served = output * target_std + target_mean).
+    task: str | None = None
+    threshold: float | None = None
+    target_mean: list[float] | None = None
+    target_std: list[float] | None = None
+    layers: list[str] | None = None  # mlp from an nn.Sequential: every layer, in order
+    # rnn: the input is one of characters (alphabet), words (vocabulary) or numeric steps
+    # (features); readout and the plain RNN's nonlinearity are not in the weights.
+    vocabulary: list[str] | None = None
+    lowercase: bool | None = None
+    split: str | None = None
+    unknown: str | None = None
+    features: int | None = None
+    max_steps: int | None = None
+    readout: str | None = None
+    nonlinearity: str | None = None
     base: dict[str, Any] = field(default_factory=dict)  # a partial config.json (--config)
 
 
@@ -66,8 +93,16 @@ def _config(
     num_outputs: int | None,
 ) -> ModelConfig:
     data: dict[str, Any] = {**facts.base, "name": facts.name, "task": task}
+    if facts.threshold is not None:
+        data["threshold"] = facts.threshold
+    if facts.target_mean is not None or facts.target_std is not None:
+        count = num_outputs or 1
+        data["target_scaling"] = {
+            "mean": facts.target_mean or [0.0] * count,
+            "std": facts.target_std or [1.0] * count,
+        }
     data["architecture"] = architecture
-    given = {k: v for k, v in model_input.items() if v is not None}
+    given = {k: None if v is NO_UNKNOWN else v for k, v in model_input.items() if v is not None}
     data["input"] = {**facts.base.get("input", {}), **given}
     if facts.description is not None:
         data["description"] = facts.description
@@ -147,13 +182,18 @@ def import_keras(path: Path, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
     return _finish(config, keras.state)
 
 
-ARCHITECTURES = ("mlp", "char_rnn_classifier", "char_lm")
+ARCHITECTURES = ("mlp", "char_rnn_classifier", "char_lm", "rnn")
+HEAD_OUTPUT = {"classify": "softmax", "multilabel": "sigmoid", "regress": "identity"}
 
 
 def import_state_dict(path: Path, arch: str, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
     state = read_state_dict(path)
     if arch == "mlp":
-        return _import_mlp(map_mlp(state), facts)
+        if facts.layers is None and is_plain_linear(state):
+            return _import_mlp(map_mlp(state), facts)
+        return _import_mlp_stack(map_mlp_stack(state, facts.layers, facts.activation), facts)
+    if arch == "rnn":
+        return _import_rnn(map_sequence_classifier(state), facts)
     if arch == "char_rnn_classifier":
         return _import_char_rnn(map_char_rnn(state), facts)
     if arch == "char_lm":
@@ -168,9 +208,87 @@ def _import_mlp(mapped: Mapped, facts: UserFacts) -> tuple[nn.Module, ModelConfi
             "followed by (--activation relu, tanh, sigmoid or gelu)"
         )
     sizes = mapped.facts["layer_sizes"]
-    architecture = {"type": "mlp", "layer_sizes": sizes, "activation": facts.activation}
+    task = facts.task or "classify"
+    architecture = {
+        "type": "mlp",
+        "layer_sizes": sizes,
+        "activation": facts.activation,
+        "output": HEAD_OUTPUT.get(task, "softmax"),
+    }
     model_input = _vector_input(facts, sizes[0], [])
-    config = _config(facts, "classify", architecture, model_input, sizes[-1])
+    config = _config(facts, task, architecture, model_input, sizes[-1])
+    return _finish(config, mapped.state)
+
+
+def _import_mlp_stack(mapped: Mapped, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
+    sizes = mapped.facts["layer_sizes"]
+    task = facts.task or "classify"
+    final = mapped.facts["final"]
+    if final in ("softmax", "log_softmax") and task != "classify":
+        raise CheckpointError(f"--layers ends in {final}, which is a classify head, not {task}")
+    if final == "sigmoid" and task not in ("multilabel", "regress"):
+        raise CheckpointError("--layers ends in sigmoid: a multilabel head (--task multilabel)")
+    layers = mapped.facts["layers"]
+    if final == "sigmoid" and task == "regress":  # a regression onto (0, 1) keeps its sigmoid
+        layers = [*layers, {"kind": "activation", "name": "sigmoid"}]
+    architecture = {
+        "type": "mlp",
+        "layer_sizes": sizes,
+        "layers": layers,
+        "output": HEAD_OUTPUT.get(task, "softmax"),
+    }
+    model_input = _vector_input(facts, sizes[0], [])
+    config = _config(facts, task, architecture, model_input, sizes[-1])
+    return _finish(config, mapped.state)
+
+
+def _import_rnn(mapped: Mapped, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
+    found = mapped.facts
+    embedding = found["embedding"]
+    architecture: dict[str, Any] = {
+        "type": "rnn",
+        "cell": found["cell"],
+        "hidden_size": found["hidden_size"],
+        "num_layers": found["num_layers"],
+        "bidirectional": found["bidirectional"],
+        "readout": facts.readout or "last",
+        "embedding_dim": None if embedding is None else embedding[1],
+    }
+    if facts.nonlinearity is not None:
+        architecture["nonlinearity"] = facts.nonlinearity
+    base = facts.base.get("input", {})
+    size = found["input_size"] if embedding is None else embedding[0]
+    model_input: dict[str, Any]
+    if facts.features is not None or base.get("kind") == "sequence":
+        if embedding is not None:
+            raise CheckpointError("numeric steps (--features) are not embedded: drop the Embedding")
+        features = facts.features or base.get("features")
+        if features != size:
+            raise CheckpointError(
+                f"the recurrent layer takes {size} features per step, not {features}"
+            )
+        model_input = {"kind": "sequence", "features": features, "max_steps": facts.max_steps}
+    elif facts.vocabulary is not None or base.get("kind") == "words":
+        vocabulary = facts.vocabulary or base.get("vocabulary", [])
+        if embedding is None:
+            raise CheckpointError("a word vocabulary needs an nn.Embedding in the file")
+        if len(vocabulary) != size:
+            raise CheckpointError(
+                f"the embedding has {size} rows; the vocabulary has {len(vocabulary)} words"
+            )
+        model_input = {
+            "kind": "words",
+            "vocabulary": vocabulary,
+            "lowercase": facts.lowercase,
+            "split": facts.split,
+            # "" (--unknown ''): no unknown token, words outside the vocabulary are refused.
+            "unknown": NO_UNKNOWN if facts.unknown == "" else facts.unknown,
+            "max_length": facts.max_length,
+        }
+    else:
+        model_input = _text_input(facts, size, "rnn")
+    task = facts.task or "classify"
+    config = _config(facts, task, architecture, model_input, found["num_outputs"])
     return _finish(config, mapped.state)
 
 
