@@ -5,7 +5,7 @@ result must load and give finite outputs before anything is written."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,12 @@ from torch import nn
 
 from models.checkpoint import CheckpointError, ModelConfig, build_model, check_weights
 from models.keras_file import read_keras
+from models.keras_sequence import (
+    KerasSequence,
+    is_sequence_model,
+    read_keras_config,
+    read_keras_sequence,
+)
 from models.probe import check_finite_outputs
 from models.torch_file import (
     Mapped,
@@ -171,6 +177,8 @@ def _finish(config: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[nn.Mod
 
 
 def import_keras(path: Path, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
+    if path.is_file() and is_sequence_model(read_keras_config(path)):
+        return _import_keras_sequence(read_keras_sequence(path), facts, path)
     keras = read_keras(path)
     architecture = {
         "type": "mlp",
@@ -180,6 +188,26 @@ def import_keras(path: Path, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
     model_input = _vector_input(facts, keras.layer_sizes[0], keras.input_shape)
     config = _config(facts, "classify", architecture, model_input, keras.layer_sizes[-1])
     return _finish(config, keras.state)
+
+
+def _import_keras_sequence(
+    keras: KerasSequence, facts: UserFacts, path: Path
+) -> tuple[nn.Module, ModelConfig]:
+    found = dict(keras.facts)
+    found["input_size"] = int(keras.state["rnn.weight_ih_l0"].shape[1])
+    task = found.pop("task")
+    if facts.task is not None and facts.task != task and task != "regress":
+        raise CheckpointError(
+            f"{path}: the Dense head's activation makes it a {task} model, not {facts.task}"
+        )
+    if task == "regress" and facts.task is None and facts.labels and len(facts.labels) > 1:
+        task = "classify"  # a linear Dense over class labels: logits, served through softmax
+    overrides: dict[str, Any] = {"task": facts.task or task, "readout": found["readout"]}
+    if found["nonlinearity"] != "tanh":
+        overrides["nonlinearity"] = found["nonlinearity"]
+    if "features" in found and facts.features is None and found["embedding"] is None:
+        overrides["features"] = found["features"]
+    return _import_rnn(Mapped(keras.state, found), replace(facts, **overrides))
 
 
 ARCHITECTURES = ("mlp", "char_rnn_classifier", "char_lm", "rnn")

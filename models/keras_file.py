@@ -75,11 +75,28 @@ def _h5py() -> Any:
 
 @contextmanager
 def _opened(path: Path) -> Iterator[tuple[dict[str, Any], WeightReader]]:
+    """The model config and a reader of a Dense layer's variables."""
+    with opened(path) as (config, variables):
+        yield config, lambda layer: variables(_dense_key(layer), layer.name)
+
+
+def _dense_key(layer: DenseLayer) -> str:
+    # Keras 3 keeps the variables of a model's n-th Dense layer as layers/dense_n/vars/0 (kernel)
+    # and /1 (bias), "dense" for the first: by class and position, not by the layer's name.
+    return "dense" if layer.position == 0 else f"dense_{layer.position}"
+
+
+@contextmanager
+def opened(path: Path) -> Iterator[tuple[dict[str, Any], Any]]:
+    """The model config, and `variables(key, name, part="")`: a layer's (name, dataset) pairs,
+    found by its archive key (class in snake case, numbered per class: "lstm_1") in a .keras
+    archive and by its name in a legacy .h5 file; `part` "forward_layer"/"backward_layer" picks
+    one direction of a Bidirectional layer."""
     h5py = _h5py()
     if zipfile.is_zipfile(path):
         config, weights = _keras_archive(path)
         with h5py.File(io.BytesIO(weights), "r") as h5:
-            yield config, lambda layer: _archive_variables(h5, layer)
+            yield config, lambda key, name, part="": _archive_variables(h5, key, part)
         return
     try:
         h5 = h5py.File(path, "r")
@@ -94,7 +111,7 @@ def _opened(path: Path) -> Iterator[tuple[dict[str, Any], WeightReader]]:
             )
         config = _json(raw.decode() if isinstance(raw, bytes) else str(raw), path)
         group = h5["model_weights"] if "model_weights" in h5 else h5
-        yield config, lambda layer: _legacy_variables(group, layer.name)
+        yield config, lambda key, name, part="": _legacy_variables(group, name, part)
 
 
 def _keras_archive(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -123,22 +140,31 @@ def _json(text: str, path: Path) -> dict[str, Any]:
     return value
 
 
-def _archive_variables(h5: Any, layer: DenseLayer) -> list[tuple[str, Any]]:
-    # Keras 3 keeps the variables of a model's n-th Dense layer as layers/dense_n/vars/0 (kernel)
-    # and /1 (bias), "dense" for the first: by class and position, not by the layer's name.
-    key = "dense" if layer.position == 0 else f"dense_{layer.position}"
-    group = h5.get(f"layers/{key}/vars")
+def _archive_variables(h5: Any, key: str, part: str = "") -> list[tuple[str, Any]]:
+    # Keras 3: layers/<key>/vars/0, 1...; a recurrent layer's under layers/<key>/cell/vars, and
+    # a Bidirectional's under layers/<key>/forward_layer/cell/vars (and backward_layer).
+    base = f"layers/{key}/{part}/" if part else f"layers/{key}/"
+    group = h5.get(f"{base}cell/vars")
+    if group is None or not len(group):
+        group = h5.get(f"{base}vars")
     if group is None:
         return []
-    return [(key, group[key]) for key in sorted(group.keys(), key=int)]
+    return [(name, group[name]) for name in sorted(group.keys(), key=int)]
 
 
-def _legacy_variables(group: Any, layer: str) -> list[tuple[str, Any]]:
-    # Legacy HDF5: model_weights/<name> lists its datasets in the attribute weight_names.
+def _legacy_variables(group: Any, layer: str, part: str = "") -> list[tuple[str, Any]]:
+    # Legacy HDF5: model_weights/<name> lists its datasets in the attribute weight_names; a
+    # Bidirectional's are .../forward_<cell>/... and .../backward_<cell>/...
     if layer not in group:
         return []
-    names = group[layer].attrs.get("weight_names", [])
-    return [(n.decode() if isinstance(n, bytes) else str(n), group[layer][n]) for n in names]
+    names = [
+        n.decode() if isinstance(n, bytes) else str(n)
+        for n in group[layer].attrs.get("weight_names", [])
+    ]
+    if part:
+        direction = "/" + part.removesuffix("_layer") + "_"
+        names = [n for n in names if direction in n]
+    return [(n, group[layer][n]) for n in names]
 
 
 # --------------------------------------------------------------------------- the model config

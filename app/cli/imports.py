@@ -46,42 +46,45 @@ def add(commands: Any) -> None:
         "linear,batch_norm,relu,dropout:0.2,linear,layer_norm,leaky_relu:0.1,linear (a "
         "final softmax or sigmoid is the head's and may be named)",
     )
-    torch_.add_argument(
-        "--task",
-        choices=["classify", "multilabel", "regress"],
-        help="the head (default classify): softmax over --labels, a sigmoid per label, or "
-        "real outputs named by --labels",
-    )
-    torch_.add_argument("--threshold", type=float, help="multilabel: the labels at or above it")
-    torch_.add_argument(
-        "--target-mean", metavar="M1,...", help="regress: the targets' training mean(s)"
-    )
-    torch_.add_argument(
-        "--target-std", metavar="S1,...", help="regress: the targets' training std(s)"
-    )
-    torch_.add_argument(
-        "--vocabulary",
-        type=Path,
-        metavar="FILE",
-        help="rnn over words: one word per line, id order",
-    )
-    torch_.add_argument(
-        "--lowercase", action=argparse.BooleanOptionalAction, help="words: lowercase first"
-    )
-    torch_.add_argument(
-        "--split", choices=["whitespace", "words"], help="words: how a string is split"
-    )
-    torch_.add_argument(
-        "--unknown", help="words: the vocabulary's unknown token ('' refuses unknown words)"
-    )
-    torch_.add_argument("--features", type=int, help="rnn over numeric steps: values per step")
-    torch_.add_argument("--max-steps", type=int, help="numeric steps: longest sequence")
-    torch_.add_argument(
-        "--readout", choices=["last", "mean", "max"], help="rnn: the head reads (default last)"
-    )
-    torch_.add_argument(
-        "--nonlinearity", choices=["tanh", "relu"], help="rnn with a plain nn.RNN: its nonlinearity"
-    )
+    for sub in (keras, torch_):  # the head, and the input of a sequence model
+        sub.add_argument(
+            "--task",
+            choices=["classify", "multilabel", "regress"],
+            help="the head (default classify): softmax over --labels, a sigmoid per label, or "
+            "real outputs named by --labels",
+        )
+        sub.add_argument("--threshold", type=float, help="multilabel: the labels at or above it")
+        sub.add_argument(
+            "--target-mean", metavar="M1,...", help="regress: the targets' training mean(s)"
+        )
+        sub.add_argument(
+            "--target-std", metavar="S1,...", help="regress: the targets' training std(s)"
+        )
+        sub.add_argument(
+            "--vocabulary",
+            type=Path,
+            metavar="FILE",
+            help="rnn over words: one word per line, id order",
+        )
+        sub.add_argument(
+            "--lowercase", action=argparse.BooleanOptionalAction, help="words: lowercase first"
+        )
+        sub.add_argument(
+            "--split", choices=["whitespace", "words"], help="words: how a string is split"
+        )
+        sub.add_argument(
+            "--unknown", help="words: the vocabulary's unknown token ('' refuses unknown words)"
+        )
+        sub.add_argument("--features", type=int, help="rnn over numeric steps: values per step")
+        sub.add_argument("--max-steps", type=int, help="numeric steps: longest sequence")
+        sub.add_argument(
+            "--readout", choices=["last", "mean", "max"], help="rnn: the head reads (default last)"
+        )
+        sub.add_argument(
+            "--nonlinearity",
+            choices=["tanh", "relu"],
+            help="rnn with a plain nn.RNN: its nonlinearity",
+        )
     torch_.add_argument(
         "--hidden-activation",
         choices=["identity", "tanh"],
@@ -113,11 +116,14 @@ def add(commands: Any) -> None:
     keras.add_argument("--input-shape", metavar="AxB", help="also accept this nested layout")
     torch_.add_argument("--input-range", metavar="LOW,HIGH", help="mlp: refuse inputs outside it")
     torch_.add_argument("--input-shape", metavar="AxB", help="mlp: also accept this nested layout")
-    torch_.add_argument("--alphabet", help="text models: the characters in one-hot order")
-    torch_.add_argument("--max-length", type=int, help="text models: longest string (default 32)")
-    torch_.add_argument(
-        "--normalize", choices=["none", "ascii"], help="text models: fold accents away (ascii)"
-    )
+    for sub in (keras, torch_):
+        sub.add_argument("--alphabet", help="text models: the characters in one-hot order")
+        sub.add_argument(
+            "--max-length", type=int, help="text models: longest string (default 32 characters)"
+        )
+        sub.add_argument(
+            "--normalize", choices=["none", "ascii"], help="text models: fold accents away (ascii)"
+        )
 
 
 def _import(args: argparse.Namespace) -> int:
