@@ -420,3 +420,22 @@ def test_one_bad_item_in_a_batch_fails_alone(
     responses = asyncio.run(_post_all(url, "/v1/models/series/predict", bodies))
     assert [r.status_code for r in responses] == [200] * len(model.inputs) + [422]
     assert "inputs[0]" in responses[-1].json()["error"]
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_kserve_v1_answers_each_head_in_its_shape(
+    repository: tuple[Path, dict[str, Served]], server: tuple[str, str], name: str
+) -> None:
+    model = repository[1][name]
+    url = server[0]
+    body = {"instances": model.inputs}
+    response = httpx.post(f"{url}/v1/models/{name}:predict", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    if model.task == "classify":
+        rows = [p["probabilities"] for p in predictions]
+        best = [model.labels[int(np.argmax(row))] for row in model.expected]
+        assert [p["label"] for p in predictions] == best
+    else:
+        rows = [_rows_of(model, p) for p in predictions]
+    assert np.abs(np.asarray(rows) - model.expected).max() <= TOLERANCE
