@@ -164,6 +164,23 @@ def _text_input(facts: UserFacts, alphabet_size: int, arch: str) -> dict[str, An
     }
 
 
+def _words_input(facts: UserFacts, size: int) -> dict[str, Any]:
+    vocabulary = facts.vocabulary or facts.base.get("input", {}).get("vocabulary", [])
+    if len(vocabulary) != size:
+        raise CheckpointError(
+            f"the weights have {size} word rows; the vocabulary has {len(vocabulary)} words"
+        )
+    return {
+        "kind": "words",
+        "vocabulary": vocabulary,
+        "lowercase": facts.lowercase,
+        "split": facts.split,
+        # "" (--unknown ''): no unknown token, words outside the vocabulary are refused.
+        "unknown": NO_UNKNOWN if facts.unknown == "" else facts.unknown,
+        "max_length": facts.max_length,
+    }
+
+
 def _finish(config: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[nn.Module, ModelConfig]:
     model = build_model(config)
     check_weights(model, state)
@@ -297,22 +314,9 @@ def _import_rnn(mapped: Mapped, facts: UserFacts) -> tuple[nn.Module, ModelConfi
             )
         model_input = {"kind": "sequence", "features": features, "max_steps": facts.max_steps}
     elif facts.vocabulary is not None or base.get("kind") == "words":
-        vocabulary = facts.vocabulary or base.get("vocabulary", [])
         if embedding is None:
             raise CheckpointError("a word vocabulary needs an nn.Embedding in the file")
-        if len(vocabulary) != size:
-            raise CheckpointError(
-                f"the embedding has {size} rows; the vocabulary has {len(vocabulary)} words"
-            )
-        model_input = {
-            "kind": "words",
-            "vocabulary": vocabulary,
-            "lowercase": facts.lowercase,
-            "split": facts.split,
-            # "" (--unknown ''): no unknown token, words outside the vocabulary are refused.
-            "unknown": NO_UNKNOWN if facts.unknown == "" else facts.unknown,
-            "max_length": facts.max_length,
-        }
+        model_input = _words_input(facts, size)
     else:
         model_input = _text_input(facts, size, "rnn")
     task = facts.task or "classify"
@@ -352,7 +356,10 @@ def _import_char_lm(mapped: Mapped, facts: UserFacts) -> tuple[nn.Module, ModelC
         "hidden_size": found["hidden_size"],
         "num_layers": found["num_layers"],
     }
-    # The vocabulary is the alphabet, then begin- and end-of-sequence tokens.
-    model_input = _text_input(facts, found["vocab_size"] - 2, "char_lm")
+    # The vocabulary is the alphabet (or the words), then begin- and end-of-sequence tokens.
+    if facts.vocabulary is not None:
+        model_input = _words_input(facts, found["vocab_size"] - 2)
+    else:
+        model_input = _text_input(facts, found["vocab_size"] - 2, "char_lm")
     config = _config(facts, "score", architecture, model_input, None)
     return _finish(config, mapped.state)

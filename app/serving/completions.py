@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from app.errors import InvalidInput, ItemFailed, ServiceError
 from app.serving.generation import FinishReason, GeneratingSequence, SequenceRequest, TokenLogProb
 from models.sampling import SamplingParams, make_generator
-from models.text import CharVocab
+from models.text import Vocab
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,7 @@ class CompletionChoice:
 
 
 def sequence_requests(
-    request: CompletionRequest, vocab: CharVocab, max_length: int
+    request: CompletionRequest, vocab: Vocab, max_length: int
 ) -> list[SequenceRequest]:
     """One sequence per prompt and choice (choice index = prompt index * n + j), each with its own
     random stream, so that its draws depend on its seed and index only."""
@@ -93,7 +93,7 @@ def sequence_requests(
 
 
 def _with_start(
-    prompt: list[int], vocab: CharVocab, max_tokens: int, field_name: str
+    prompt: list[int], vocab: Vocab, max_tokens: int, field_name: str
 ) -> tuple[list[int], int]:
     """The prompt with its start token, and the first position an echo reports: a start token the
     client wrote is echoed, one added here is not."""
@@ -117,7 +117,7 @@ class ChoiceStream:
         sequence: GeneratingSequence,
         index: int,
         request: CompletionRequest,
-        vocab: CharVocab,
+        vocab: Vocab,
     ) -> None:
         self.sequence, self.index = sequence, index
         self.request, self.vocab = request, vocab

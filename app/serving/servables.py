@@ -20,10 +20,10 @@ from app.serving.heads import DEFAULT_THRESHOLD
 from app.serving.results import ClassScores, LabelScores, Regression, SequenceScore
 from models.checkpoint import ModelConfig
 from models.families import family_of
-from models.families.base import CharCodec, Codec, ItemError, Task, padded
+from models.families.base import CharCodec, Codec, ItemError, Task, WordCodec, padded
 from models.families.base import json_type as _json_type
 from models.families.base import json_type_name as json_type_name
-from models.text import normalize
+from models.text import Vocab, normalize
 
 NOT_FINITE = "the model's {what} for this item are not finite (NaN or infinity)"
 # exp() of more than this overflows a float64 (and more than 88.7 a float32).
@@ -160,14 +160,14 @@ def _padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class CharacterInput:
-    """The character codec, raising InvalidInput (the score head's items are built from it)."""
+    """The character or word codec, raising InvalidInput (the score head's items are built from
+    it)."""
 
     def __init__(self, config: ModelConfig) -> None:
         codec = family_of(config.architecture).codec(config)
-        assert isinstance(codec, CharCodec)
-        self.codec = codec
-        self.alphabet = codec.alphabet
-        self.vocab = codec.vocab
+        assert isinstance(codec, CharCodec | WordCodec)
+        self.codec: CharCodec | WordCodec = codec
+        self.vocab: Vocab = codec.vocab
         self.max_length = codec.max_length
         self.normalize_mode = codec.normalize_mode
         self.max_raw_length = codec.max_raw_length

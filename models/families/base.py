@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import builtins
 import math
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar
@@ -23,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from models.text import CharVocab, normalize
+from models.text import CharVocab, WordVocab, normalize
 
 if TYPE_CHECKING:
     from models.checkpoint import ModelConfig
@@ -308,47 +307,42 @@ class CharCodec(TokenCodec):
         return [self.warmup_characters(), self.vocab.encode(longest)]
 
 
-_WORDS = re.compile(r"\w+|[^\w\s]")
-
-
 class WordCodec(TokenCodec):
     """Strings split into words (see WordsInput), as vocabulary indices."""
 
+    normalize_mode = "none"  # lowercasing is the vocabulary's own rule
+
     def __init__(self, spec: WordsInput) -> None:
+        self.vocab = WordVocab(tuple(spec.vocabulary), spec.lowercase, spec.split, spec.unknown)
         self.vocabulary = spec.vocabulary
-        self.index = {w: i for i, w in enumerate(spec.vocabulary)}
-        self.lowercase = spec.lowercase
-        self.split_rule = spec.split
-        self.unknown = None if spec.unknown is None else self.index[spec.unknown]
         self.max_length = spec.max_length
         # Characters: a word of the vocabulary is at most 256 of them, with a space after it.
         self.max_raw_length = spec.max_length * 257
         self.max_item_values = 1 + self.max_raw_length
 
-    def split(self, text: str) -> list[str]:
-        if self.lowercase:
-            text = text.lower()
-        return text.split() if self.split_rule == "whitespace" else _WORDS.findall(text)
-
     def parse(self, raw: Any, field: str, numbers_checked: bool = False) -> list[int]:
+        return self.encode(raw, field)
+
+    def encode(self, raw: Any, field: str, allow_empty: bool = False) -> list[int]:
         if not isinstance(raw, str):
             raise ItemError(f"{field}: expected a string, got {json_type(raw)}")
         if len(raw) > self.max_raw_length:
             raise ItemError(f"{field}: the string has {len(raw)} characters; too long")
-        words = self.split(raw)
-        if not words:
+        words = self.vocab.split(raw)
+        if not words and not allow_empty:
             raise ItemError(f"{field}: the string has no words")
         if len(words) > self.max_length:
             raise ItemError(
                 f"{field}: the string has {len(words)} words; the limit is {self.max_length}"
             )
-        if self.unknown is None:
-            unknown = [w for w in words if w not in self.index]
-            if unknown:
-                shown = ", ".join(repr(w) for w in list(dict.fromkeys(unknown))[:10])
-                raise ItemError(f"{field}: words outside the model's vocabulary: {shown}")
-            return [self.index[w] for w in words]
-        return [self.index.get(w, self.unknown) for w in words]
+        unknown = self.vocab.unknown_words(words)
+        if unknown:
+            shown = ", ".join(repr(w) for w in unknown[:10])
+            raise ItemError(f"{field}: words outside the model's vocabulary: {shown}")
+        return self.vocab.encode_words(words)
+
+    def warmup_characters(self) -> list[int]:
+        return [0]
 
     def warmup_items(self) -> list[list[int]]:
         size = len(self.vocabulary)

@@ -1,5 +1,7 @@
-"""The `char_lm` family: a character language model (embedding -> GRU/LSTM -> linear over the
-alphabet plus BOS and EOS); the score head (and generation) only. Its items (strings, pairs,
+"""The `char_lm` family: a recurrent language model (embedding -> GRU/LSTM -> linear over the
+vocabulary plus BOS and EOS) over characters (text input: the alphabet) or words (words input:
+the vocabulary; the name is kept from when it read characters only); the score head (and
+generation) only. Its items (strings, pairs,
 prompts) are the score head's, in `app.serving.servables.SequenceScorer`."""
 
 from __future__ import annotations
@@ -11,7 +13,17 @@ from pydantic import Field
 from torch import nn
 
 from models.architectures import CharLM
-from models.families.base import MAX_WIDTH, CharCodec, Family, Output, _Strict, padded
+from models.families.base import (
+    MAX_WIDTH,
+    CharCodec,
+    Family,
+    Output,
+    TextInput,
+    WordCodec,
+    WordsInput,
+    _Strict,
+    padded,
+)
 
 if TYPE_CHECKING:
     from models.checkpoint import ModelConfig
@@ -28,7 +40,7 @@ class CharLMArchitecture(_Strict):
 class CharLMFamily(Family[CharLMArchitecture]):
     type = "char_lm"
     architecture = CharLMArchitecture
-    inputs = ("text",)
+    inputs = ("text", "words")
     tasks = ("score",)
 
     def output(self, arch: CharLMArchitecture) -> Output:
@@ -38,9 +50,11 @@ class CharLMFamily(Family[CharLMArchitecture]):
         return None
 
     def build(self, arch: CharLMArchitecture, config: ModelConfig) -> nn.Module:
-        assert config.input.kind == "text"
+        spec = config.input
+        assert isinstance(spec, TextInput | WordsInput)
+        size = len(spec.alphabet) if isinstance(spec, TextInput) else len(spec.vocabulary)
         return CharLM(
-            len(config.input.alphabet) + 2,
+            size + 2,
             arch.embedding_dim,
             arch.hidden_size,
             arch.num_layers,
@@ -49,6 +63,6 @@ class CharLMFamily(Family[CharLMArchitecture]):
 
     def warmup_args(self, config: ModelConfig) -> tuple[torch.Tensor, ...]:
         codec = self.codec(config)
-        assert isinstance(codec, CharCodec)
+        assert isinstance(codec, CharCodec | WordCodec)
         # The language model reads BOS, then the characters.
         return padded([[codec.vocab.bos, *row] for row in codec.warmup_items()])
