@@ -197,13 +197,24 @@ def import_keras(path: Path, facts: UserFacts) -> tuple[nn.Module, ModelConfig]:
     if path.is_file() and is_sequence_model(read_keras_config(path)):
         return _import_keras_sequence(read_keras_sequence(path), facts, path)
     keras = read_keras(path)
-    architecture = {
+    head = {"sigmoid": "multilabel"}.get(keras.output_activation, "classify")
+    task = facts.task or head
+    if keras.output_activation in ("softmax", "sigmoid") and task != head:
+        raise CheckpointError(
+            f"{path}: the last Dense layer's {keras.output_activation} makes it a {head} model"
+        )
+    architecture: dict[str, Any] = {
         "type": "mlp",
         "layer_sizes": keras.layer_sizes,
         "activation": keras.activation,
+        "output": HEAD_OUTPUT[task],
     }
+    if keras.stack is not None:
+        architecture["layers"] = keras.stack
+        if any(layer.get("name") == "softmax" for layer in keras.stack):
+            raise CheckpointError(f"{path}: softmax only on the last Dense layer")
     model_input = _vector_input(facts, keras.layer_sizes[0], keras.input_shape)
-    config = _config(facts, "classify", architecture, model_input, keras.layer_sizes[-1])
+    config = _config(facts, task, architecture, model_input, keras.layer_sizes[-1])
     return _finish(config, keras.state)
 
 

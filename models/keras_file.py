@@ -44,18 +44,158 @@ class KerasMLP:
     output_activation: str
     input_shape: list[int]
     state: dict[str, torch.Tensor]
+    # An mlp's `layers` stack, when the model has normalization layers or activations that
+    # differ from layer to layer (None: Dense layers with one activation).
+    stack: list[dict[str, Any]] | None = None
+
+
+NORMS = ("BatchNormalization", "LayerNormalization")
+KERAS_ACTIVATIONS = {
+    "relu": "relu", "gelu": "gelu", "silu": "silu", "swish": "silu", "tanh": "tanh",
+    "sigmoid": "sigmoid", "elu": "elu", "softplus": "softplus", "leaky_relu": "leaky_relu",
+    "linear": "none",
+}  # fmt: skip
 
 
 def read_keras(path: Path) -> KerasMLP:
     """Read `path` (.keras or .h5/.hdf5); CheckpointError says what cannot be imported."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    with opened(path) as (model_config, variables):
+        if _needs_stack(model_config):
+            return _read_stack(model_config, variables, path)
     with _opened(path) as (model_config, weights_of):
         layers, input_shape = _dense_layers(model_config, path)
         sizes = _layer_sizes(layers, input_shape, path)
         activation, output = _activations(layers, path)
         state = _state_dict(layers, sizes, weights_of, path)
     return KerasMLP(sizes, activation, output, input_shape, state)
+
+
+def _needs_stack(model: dict[str, Any]) -> bool:
+    layers = (model.get("config") or {}).get("layers") or []
+    kinds = [layer.get("class_name") for layer in layers if isinstance(layer, dict)]
+    if any(kind in NORMS or kind == "LeakyReLU" for kind in kinds):
+        return True
+    activations = [
+        _activation_name(layer.get("config") or {})
+        for layer in layers
+        if isinstance(layer, dict) and layer.get("class_name") == "Dense"
+    ]
+    return len(set(activations[:-1])) > 1
+
+
+def _read_stack(model: dict[str, Any], variables: Any, path: Path) -> KerasMLP:
+    """Dense, BatchNormalization, LayerNormalization, activations (of Dense layers, Activation
+    and LeakyReLU layers) and Dropout in order, as an mlp `layers` stack; the last Dense's
+    activation is the head's."""
+    if model.get("class_name") != "Sequential":
+        raise CheckpointError(f"{path}: batchserve imports keras.Sequential models")
+    entries: list[dict[str, Any]] = []
+    state: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    refused: list[str] = []
+    input_shape: list[int] | None = None
+    width: int | None = None
+    sizes: list[int] = []
+    raw = (model.get("config") or {}).get("layers") or []
+    for layer in raw:
+        kind, config = str(layer.get("class_name")), layer.get("config") or {}
+        name = str(config.get("name", "?"))
+        snake = {"BatchNormalization": "batch_normalization",
+                 "LayerNormalization": "layer_normalization"}.get(kind, kind.lower())  # fmt: skip
+        position = counts.get(snake, 0)
+        counts[snake] = position + 1
+        key = snake if position == 0 else f"{snake}_{position}"
+        input_shape = input_shape or _declared_shape(config)
+        if width is None and input_shape is not None:
+            width = 1
+            for n in input_shape:
+                width *= n
+            sizes = [width]
+        if kind in ("InputLayer", "Flatten", "Dropout"):
+            if kind == "Dropout":
+                entries.append({"kind": "dropout", "p": float(config.get("rate", 0.5))})
+            continue
+        if width is None:
+            refused.append(f"{name} ({kind}) before a known input shape")
+            continue
+        here = f"layers.{len(entries)}"
+        arrays = [np.asarray(d[()], dtype=np.float32) for _, d in variables(key, name)]
+        if kind == "Dense":
+            units = int(config["units"])
+            kernel, *bias = arrays
+            if kernel.shape != (width, units):
+                raise CheckpointError(f"{path}: layer {name} has a kernel {list(kernel.shape)}")
+            state[f"{here}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
+            state[f"{here}.bias"] = torch.from_numpy(bias[0]) if bias else torch.zeros(units)
+            entries.append({"kind": "linear", "out_features": units})
+            width = units
+            sizes.append(units)
+            activation = _activation_name(config)
+            if activation != "linear":
+                entries.append(_keras_activation(activation, config, name, path))
+        elif kind in ("Activation", "LeakyReLU"):
+            activation = "leaky_relu" if kind == "LeakyReLU" else _activation_name(config)
+            entries.append(_keras_activation(activation, config, name, path))
+        elif kind in NORMS and config.get("axis", -1) in (-1, [-1], 1, [1]):
+            if config.get("rms_scaling"):
+                refused.append(f"{name} ({kind}, rms_scaling)")
+                continue
+            center, scale = bool(config.get("center", True)), bool(config.get("scale", True))
+            roles = [r for r, on in (("gamma", scale), ("beta", center)) if on]
+            if kind == "BatchNormalization":
+                roles += ["moving_mean", "moving_variance"]
+            if len(arrays) != len(roles):
+                raise CheckpointError(f"{path}: layer {name} has {len(arrays)} weight arrays")
+            found = dict(zip(roles, arrays, strict=True))
+            ones, zeros = np.ones(width, np.float32), np.zeros(width, np.float32)
+            state[f"{here}.weight"] = torch.from_numpy(found.get("gamma", ones))
+            state[f"{here}.bias"] = torch.from_numpy(found.get("beta", zeros))
+            eps = float(config.get("epsilon", 1e-3))
+            if kind == "BatchNormalization":
+                state[f"{here}.running_mean"] = torch.from_numpy(found["moving_mean"])
+                state[f"{here}.running_var"] = torch.from_numpy(found["moving_variance"])
+                state[f"{here}.num_batches_tracked"] = torch.tensor(0)
+                entries.append({"kind": "batch_norm", "eps": eps})
+            else:
+                entries.append({"kind": "layer_norm", "eps": eps})
+        else:
+            refused.append(f"{name} ({kind})")
+    if refused:
+        raise CheckpointError(
+            f"{path}: cannot import layers {', '.join(refused)}: batchserve's mlp takes Dense, "
+            "BatchNormalization, LayerNormalization, Activation, LeakyReLU, Dropout (and "
+            "InputLayer, Flatten first)"
+        )
+    if input_shape is None or len(sizes) < 2:
+        raise CheckpointError(f"{path}: no Dense layers with a known input shape")
+    output = "linear"
+    if (
+        entries
+        and entries[-1]["kind"] == "activation"
+        and entries[-1]["name"] in ("sigmoid", "softmax")
+    ):
+        output = entries.pop()["name"]
+    if entries[-1]["kind"] != "linear":
+        raise CheckpointError(f"{path}: the last layer must be Dense (then its head's activation)")
+    return KerasMLP(sizes, "relu", output, input_shape, state, entries)
+
+
+def _keras_activation(
+    activation: str, config: dict[str, Any], name: str, path: Path
+) -> dict[str, Any]:
+    if activation == "softmax":
+        return {"kind": "activation", "name": "softmax"}  # the head's: only last (checked)
+    mapped = KERAS_ACTIVATIONS.get(activation)
+    if mapped is None:
+        raise CheckpointError(
+            f"{path}: layer {name}: activation {activation} is not one batchserve has"
+        )
+    layer: dict[str, Any] = {"kind": "activation", "name": mapped}
+    if mapped == "leaky_relu":
+        layer["negative_slope"] = float(config.get("negative_slope", config.get("alpha", 0.3)))
+    return layer
 
 
 # --------------------------------------------------------------------------- the two file layouts

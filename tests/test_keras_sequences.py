@@ -1,6 +1,7 @@
-"""`batchserve import keras` of recurrent models: Keras (on the torch backend) trains an Embedding +
-LSTM + Dense word classifier, an Embedding + 2 Bidirectional GRUs + Dense one, and a SimpleRNN over
-numeric steps pooled by GlobalAveragePooling1D into a multi-label Dense; each is saved as .keras
+"""`batchserve import keras` of recurrent models and normalized MLPs: Keras (on the torch backend)
+trains an Embedding + LSTM + Dense word classifier, an Embedding + 2 Bidirectional GRUs + Dense
+one, a SimpleRNN over numeric steps pooled by GlobalAveragePooling1D into a multi-label Dense,
+and a Dense/BatchNormalization/Dropout/LayerNormalization multi-label MLP; each is saved as .keras
 and .h5, imported with the CLI, served, and its /v1, /v2 HTTP and gRPC answers equal Keras'
 `predict` on each item alone within 1e-5 (Keras' GRU gate order and reset_after biases, its
 LSTM's single bias, converted to PyTorch's cells)."""
@@ -78,6 +79,22 @@ steps.compile(optimizer="adam", loss="binary_crossentropy")
 z = rng.standard_normal((32, 4, 3)).astype("float32")
 steps.fit(z, (z.sum(axis=1)[:, :2] > 0).astype("float32"), epochs=2, verbose=0)
 save(steps, "steps", [np.asarray(s, dtype="float32") for s in series])
+
+vectors = rng.standard_normal((64, 20)).astype("float32")
+normed = keras.Sequential([
+    keras.Input((20,)),
+    layers.Dense(16),
+    layers.BatchNormalization(),
+    layers.Activation("relu"),
+    layers.Dropout(0.3),
+    layers.Dense(8, activation="gelu"),
+    layers.LayerNormalization(),
+    layers.Dense(5, activation="sigmoid"),
+])
+normed.compile(optimizer="adam", loss="binary_crossentropy")
+normed.fit(vectors, (vectors[:, :5] > 0).astype("float32"), epochs=3, verbose=0)
+save(normed, "normed", list(vectors[:6]))
+json.dump(vectors[:6].tolist(), open(f"{out}/normed.inputs.json", "w"))
 """
 
 
@@ -101,6 +118,7 @@ MODELS: dict[str, tuple[str, list[str], list[Any], list[str]]] = {
     "words": ("classify", ["neg", "pos"], TEXTS, ["--vocabulary", "vocab.txt"]),
     "bigru": ("classify", ["a", "b", "c"], TEXTS, ["--vocabulary", "vocab.txt"]),
     "steps": ("multilabel", ["x", "y"], [s.tolist() for s in SERIES], []),
+    "normed": ("multilabel", list("abcde"), [], []),  # inputs: normed.inputs.json
 }
 
 
@@ -116,11 +134,19 @@ def test_keras_recurrent_models_answer_what_keras_predicts_on_every_protocol(
                   "--labels", ",".join(labels), *extra, "--repository", repository)  # fmt: skip
         assert run.code == 0, run.err
         expected = np.asarray(json.loads((keras_files / f"{name}.expected.json").read_text()))
-        served[name] = Served(name, task, labels, inputs, expected, numeric_sequence=not flags)
+        if name == "normed":
+            inputs = json.loads((keras_files / "normed.inputs.json").read_text())
+        sequence = name == "steps"
+        served[name] = Served(name, task, labels, inputs, expected, numeric_sequence=sequence)
     config = json.loads((repository / "bigru" / "1" / "config.json").read_text())
     assert config["architecture"]["num_layers"] == 2 and config["architecture"]["bidirectional"]
     steps_config = json.loads((repository / "steps" / "1" / "config.json").read_text())
     assert steps_config["architecture"]["readout"] == "mean"
+    normed = json.loads((repository / "normed" / "1" / "config.json").read_text())["architecture"]
+    kinds = [layer["kind"] for layer in normed["layers"]]
+    assert kinds == ["linear", "batch_norm", "activation", "dropout", "linear", "activation",
+                     "layer_norm", "linear"]  # fmt: skip
+    assert normed["layers"][1]["eps"] == pytest.approx(1e-3)  # Keras' default, not PyTorch's
     with live_app(settings_for(repository, grpc_port=0)) as (url, app):
         target = f"127.0.0.1:{app.grpc_port}"
         for name, model in served.items():
