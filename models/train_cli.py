@@ -36,6 +36,7 @@ from models.train import (
     train_names_lm,
     train_names_rnn,
 )
+from models.train_tabular import TABULAR_RECIPES, train_tabular
 from models.userdata import (
     check_labels,
     label_names,
@@ -74,7 +75,7 @@ class OwnData:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    recipes = [*RECIPES, *ALIASES]
+    recipes = [*RECIPES, *ALIASES, *TABULAR_RECIPES]
     parser.add_argument(
         "recipe",
         choices=[*recipes, "all"],
@@ -92,6 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--name", help="model name (default: the recipe's, or the data file's stem)"
+    )
+    parser.add_argument(
+        "--targets",
+        metavar="COL1,COL2",
+        help="regress and multilabel (a CSV with a header row): the columns to predict; the "
+        "other columns are the features",
     )
     parser.add_argument(
         "--repository",
@@ -171,6 +178,17 @@ def run(args: argparse.Namespace) -> list[tuple[Path, ModelConfig]]:
         cache_dir=args.cache_dir,
         force=args.force,
     )
+    if args.recipe in TABULAR_RECIPES:
+        if args.data is None:
+            raise DataError(f"train {args.recipe} has no bundled data set: give --data FILE.csv")
+        name = args.name or name_from_file(args.data)
+        version = plan_version(repository, name, args.version, args.force)
+        targets = [t.strip() for t in (args.targets or "").split(",") if t.strip()]
+        fractions = (args.valid_fraction, args.test_fraction)
+        model, config = train_tabular(
+            args.recipe, name, args.data, targets, fractions, options, SPLIT_SEED
+        )
+        return [write_version(repository, model, config, version, args.force)]
     if args.data is not None:
         recipe = ALIASES.get(args.recipe, args.recipe)
         name = args.name or name_from_file(args.data)
