@@ -439,3 +439,44 @@ def test_kserve_v1_answers_each_head_in_its_shape(
     else:
         rows = [_rows_of(model, p) for p in predictions]
     assert np.abs(np.asarray(rows) - model.expected).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("tensor", "words"),
+    [
+        ({"shape": [1, 0, 3], "data": []}, "at least one step"),
+        ({"shape": [1, 2, 2], "data": [0.0] * 4}, "does not match the model's [-1, -1, 3]"),
+        ({"shape": [1, 2, 3], "data": [0.0] * 5}, "needs 6"),
+        ({"shape": [1, 1025, 3], "data": [0.0] * 3075}, "the limit is 1024"),
+        ({"shape": [1, 2, 3], "data": [0.0] * 5 + [1e39]}, "not a finite number"),
+    ],
+    ids=["no-steps", "wrong-features", "short-data", "too-many-steps", "beyond-fp32"],
+)
+def test_bad_numeric_sequences_over_v2_are_refused_naming_the_problem(
+    server: tuple[str, str], tensor: dict[str, Any], words: str
+) -> None:
+    body = {"inputs": [{"name": "input", "datatype": "FP32", **tensor}]}
+    response = httpx.post(f"{server[0]}/v2/models/series/infer", json=body)
+    assert 400 <= response.status_code < 500, response.text
+    assert words in response.text, response.text
+
+
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [
+        ([], "expected an array of 1 to"),
+        ([[1.0, 2.0, "x"]], "found a string"),
+        ([[[1.0, 2.0, 3.0]]], "got shape [1, 1, 3]"),
+        ([[1.0, 2.0, 3.0], [1.0]], "unequal lengths"),
+        ([[True, 2.0, 3.0]], "found a boolean"),
+        ("a string", "got a string"),
+    ],
+    ids=["empty", "string", "too-deep", "ragged", "boolean", "not-an-array"],
+)
+def test_bad_numeric_sequences_over_v1_are_refused_naming_the_item(
+    server: tuple[str, str], item: Any, words: str
+) -> None:
+    response = httpx.post(f"{server[0]}/v1/models/series/predict", json={"inputs": [item]})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert "inputs[0]" in error and words in error, error

@@ -153,6 +153,8 @@ def _shape(raw: Any, spec: TensorSpec, label: str, max_items: int) -> list[int]:
         raise TensorError(f"{label}: shape {raw} does not match the model's {list(spec.shape)}")
     if raw[0] == 0:
         raise TensorError(f"{label}: shape {raw} holds no items")
+    if len(raw) == 3 and raw[1] == 0:
+        raise TensorError(f"{label}: shape {raw}: a sequence needs at least one step")
     if raw[0] > max_items:
         raise TensorError(f"{label}: {raw[0]} items; the limit is {max_items} per request")
     return raw
@@ -239,7 +241,8 @@ def _rows(values: Any, spec: TensorSpec, shape: list[int]) -> list[Any]:
         return list(values)
     if len(spec.shape) == 3:
         steps, features = shape[1], shape[2]
-        array = np.asarray(values, dtype=np.float32).reshape(-1, steps, features)
+        with np.errstate(over="ignore"):  # overflow to inf: "not a finite number", per item
+            array = np.asarray(values, dtype=np.float32).reshape(-1, steps, features)
         return array.tolist()
     width = math.prod(spec.shape[1:])
     if isinstance(values, np.ndarray):
