@@ -1,5 +1,7 @@
-"""The three network families batchserve ships: the Keras-example MLP, the PyTorch-example
-character RNN classifier, and a character-level recurrent language model."""
+"""The networks behind batchserve's families: the MLP (Linear layers with per-layer activations,
+dropout, batch and layer normalization), the PyTorch-example character RNN classifier, a
+recurrent sequence classifier over characters, words or numeric steps, and a recurrent language
+model."""
 
 from __future__ import annotations
 
@@ -15,20 +17,32 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
     "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+    "none": nn.Identity,
 }
 
 
 class MLP(nn.Module):
-    """Dense layers with one activation between them; returns logits (softmax is applied by the
-    caller, as Keras' final `Dense(10, activation="softmax")` would)."""
+    """Dense layers with one activation between them, or the given `stack` of modules (an
+    nn.Sequential's children, so that its state_dict keys are `layers.<index>.*` as the user's
+    were); returns the last layer's values (the head's softmax, sigmoid or target scaling is
+    applied by the caller, as Keras' final `Dense(10, activation="softmax")` would)."""
 
-    def __init__(self, layer_sizes: list[int], activation: str = "relu") -> None:
+    def __init__(
+        self, layer_sizes: list[int], activation: str = "relu", stack: list[nn.Module] | None = None
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(pairwise(layer_sizes)):
-            layers.append(nn.Linear(n_in, n_out))
-            if i < len(layer_sizes) - 2:
-                layers.append(ACTIVATIONS[activation]())
+        if stack is not None:
+            layers = stack
+        else:
+            for i, (n_in, n_out) in enumerate(pairwise(layer_sizes)):
+                layers.append(nn.Linear(n_in, n_out))
+                if i < len(layer_sizes) - 2:
+                    layers.append(ACTIVATIONS[activation]())
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,3 +198,82 @@ class CharLM(nn.Module):
     def _from_rnn(self, final: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         layers = torch.cat(final) if isinstance(final, tuple) else final
         return layers.transpose(0, 1)
+
+
+READOUTS = ("last", "mean", "max")
+
+
+class SequenceClassifier(nn.Module):
+    """An encoder (one-hot characters, an embedding over a vocabulary, or the numeric steps as
+    they are) -> nn.RNN/GRU/LSTM (num_layers, bidirectional; packed, so compute follows each
+    row's real steps) -> a readout -> `head` (nn.Linear). Readouts: "last" is the final hidden
+    state of the last layer (both directions concatenated, forward then backward, as
+    `torch.cat((h_n[-2], h_n[-1]), 1)`), "mean"/"max" pool the last layer's outputs over each
+    row's real steps only (padding is never pooled). Returns [B, outputs] logits, or
+    log-probabilities when `log_softmax`."""
+
+    def __init__(
+        self,
+        encoder: str,
+        input_size: int,
+        cell: str,
+        hidden_size: int,
+        num_outputs: int,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        readout: str = "last",
+        embedding_dim: int | None = None,
+        nonlinearity: str = "tanh",
+        log_softmax: bool = False,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.input_size = input_size
+        self.readout = readout
+        self.is_lstm = cell == "lstm"
+        self.bidirectional = bidirectional
+        self.log_softmax = log_softmax
+        width = input_size
+        if encoder == "embedding":
+            assert embedding_dim is not None
+            self.embedding = nn.Embedding(input_size, embedding_dim)
+            width = embedding_dim
+        options: dict[str, object] = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+        rnn_type = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cell]
+        self.rnn = rnn_type(
+            width,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            **options,
+        )
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_outputs)
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """inputs: [B, T] token ids (one_hot, embedding) or [B, T, F] floats (numeric), padded
+        anyhow; lengths: [B] (>= 1, on the CPU)."""
+        if self.encoder == "embedding":
+            steps = self.embedding(inputs)
+        elif self.encoder == "one_hot":
+            one_hot = nn.functional.one_hot(inputs.clamp(0, self.input_size - 1), self.input_size)
+            steps = one_hot.to(self.head.weight.dtype)
+        else:
+            steps = inputs.to(self.head.weight.dtype)
+        lengths = lengths.cpu()
+        packed = pack_padded_sequence(steps, lengths, batch_first=True, enforce_sorted=False)
+        output, final = self.rnn(packed)
+        if self.readout == "last":
+            hidden = final[0] if isinstance(final, tuple) else final  # in the input's row order
+            features = torch.cat((hidden[-2], hidden[-1]), 1) if self.bidirectional else hidden[-1]
+        else:
+            padded, _ = pad_packed_sequence(output, batch_first=True)
+            real = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+            real = real.to(padded.device)[:, :, None]
+            if self.readout == "mean":
+                total = padded.masked_fill(~real, 0.0).sum(1)
+                features = total / lengths.to(padded.device, padded.dtype)[:, None]
+            else:
+                features = padded.masked_fill(~real, float("-inf")).amax(1)
+        logits: torch.Tensor = self.head(features)
+        return torch.log_softmax(logits, dim=-1) if self.log_softmax else logits

@@ -6,24 +6,46 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.architectures import MLP, CharLM, CharRNNClassifier
-from models.onnx_schema import ONNX_FILE, OnnxArchitecture
+from models.families import Architecture, family_of
+from models.families.base import (
+    MAX_WIDTH,
+    InputSpec,
+    SequenceInput,
+    TextInput,
+    VectorInput,
+    WordsInput,
+    _Strict,
+)
+from models.families.char_lm import CharLMArchitecture
+from models.families.char_rnn import CharRNNArchitecture
+from models.families.mlp import MLPArchitecture
+from models.families.rnn import RNNArchitecture
+from models.onnx_schema import OnnxArchitecture
+
+__all__ = [  # the config's parts, importable from here as before the families had modules
+    "CharLMArchitecture",
+    "CharRNNArchitecture",
+    "MLPArchitecture",
+    "RNNArchitecture",
+    "SequenceInput",
+    "TextInput",
+    "VectorInput",
+    "WordsInput",
+]
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 STATE_DICT_FILES = ("model.pt", "model.pth", "pytorch_model.bin")
-MAX_WIDTH = 65_536
 MAX_PARAMETERS = 200_000_000
 
 
@@ -44,74 +66,12 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be loaded; the message says why."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TargetScaling(_Strict):
+    """How a regression's targets were scaled for training: the model learnt
+    (y - mean) / std, so the server answers output * std + mean, per output."""
 
-
-class MLPArchitecture(_Strict):
-    type: Literal["mlp"] = "mlp"
-    layer_sizes: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
-        min_length=2, max_length=64
-    )
-    activation: Literal["relu", "tanh", "sigmoid", "gelu"] = "relu"
-    output: Literal["softmax"] = "softmax"
-
-
-class CharRNNArchitecture(_Strict):
-    type: Literal["char_rnn_classifier"] = "char_rnn_classifier"
-    cell: Literal["elman", "rnn", "gru", "lstm"] = "elman"
-    hidden_size: int = Field(ge=1, le=MAX_WIDTH)
-    # elman only: "identity" is the PyTorch tutorial's i2h/i2o RNN as written (no tanh).
-    hidden_activation: Literal["tanh", "identity"] = "tanh"
-    output: Literal["log_softmax"] = "log_softmax"
-
-    @model_validator(mode="after")
-    def _activation_of_elman_only(self) -> CharRNNArchitecture:
-        if self.hidden_activation != "tanh" and self.cell != "elman":
-            raise ValueError("hidden_activation applies to the elman cell only")
-        return self
-
-
-class CharLMArchitecture(_Strict):
-    type: Literal["char_lm"] = "char_lm"
-    cell: Literal["gru", "lstm"] = "gru"
-    embedding_dim: int = Field(ge=1, le=MAX_WIDTH)
-    hidden_size: int = Field(ge=1, le=MAX_WIDTH)
-    num_layers: int = Field(default=1, ge=1, le=16)
-
-
-Architecture = Annotated[
-    MLPArchitecture | CharRNNArchitecture | CharLMArchitecture | OnnxArchitecture,
-    Field(discriminator="type"),
-]
-
-
-Shape = list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]]
-
-
-class VectorInput(_Strict):
-    kind: Literal["vector"] = "vector"
-    shape: Shape = Field(min_length=1, max_length=4)
-    # Other row-major layouts of the same values that clients may send, e.g. [[28, 28]] for an
-    # image the model reads as 784 floats.
-    also_shapes: list[Shape] = Field(default_factory=list, max_length=8)
-    minimum: float | None = None
-    maximum: float | None = None
-
-    @model_validator(mode="after")
-    def _same_sizes(self) -> VectorInput:
-        width = math.prod(self.shape)
-        wrong = [s for s in self.also_shapes if math.prod(s) != width]
-        if wrong:
-            raise ValueError(f"also_shapes {wrong} do not hold {width} values like shape")
-        return self
-
-
-class TextInput(_Strict):
-    kind: Literal["text"] = "text"
-    alphabet: str = Field(min_length=1, max_length=4096)
-    max_length: int = Field(ge=1, le=100_000)
-    normalize: Literal["none", "ascii"] = "none"
+    mean: list[float] = Field(min_length=1, max_length=MAX_WIDTH)
+    std: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, max_length=MAX_WIDTH)
 
 
 class BatchingConfig(_Strict):
@@ -129,11 +89,18 @@ class ModelConfig(_Strict):
     # "onnx": the version is a graph, `model.onnx`, run by ONNX Runtime (models/onnx_file.py).
     format: Literal["native", "onnx"] = "native"
     name: str = Field(pattern=f"^{MODEL_NAME.pattern}$")
-    task: Literal["classify", "score"]
+    # The head: classify (softmax over labels), multilabel (a sigmoid per label), regress (the
+    # outputs named by labels, target_scaling undone) or score (a language model).
+    task: Literal["classify", "multilabel", "regress", "score"]
     description: str = ""
     architecture: Architecture
-    input: Annotated[VectorInput | TextInput, Field(discriminator="kind")]
+    input: Annotated[InputSpec, Field(discriminator="kind")]
+    # classify and multilabel: the class names in output order; regress: the outputs' names.
     labels: list[str] = Field(default_factory=list, max_length=100_000)
+    # multilabel: the labels whose probability is at least this are the item's labels.
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+    # regress: the scaling of the targets in training, undone when serving.
+    target_scaling: TargetScaling | None = None
     data: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
@@ -144,61 +111,48 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
-        arch, task = self.architecture, self.task
-        if (self.format == "onnx") != isinstance(arch, OnnxArchitecture):
-            raise ValueError('"format": "onnx" goes with an architecture of type "onnx"')
-        if isinstance(arch, OnnxArchitecture):
-            _check_onnx_config(self, arch)
-        elif isinstance(arch, MLPArchitecture):
-            if task != "classify" or not isinstance(self.input, VectorInput):
-                raise ValueError("an mlp is a classifier over a vector input")
-            width = 1
-            for n in self.input.shape:
-                width *= n
-            if width != arch.layer_sizes[0]:
-                raise ValueError(f"input shape {self.input.shape} does not match layer_sizes[0]")
-            if len(self.labels) != arch.layer_sizes[-1]:
-                raise ValueError(f"{len(self.labels)} labels for {arch.layer_sizes[-1]} outputs")
-        elif not isinstance(self.input, TextInput):
-            raise ValueError(f"a {arch.type} needs a text input")
-        elif isinstance(arch, CharRNNArchitecture) and (task != "classify" or not self.labels):
-            raise ValueError("a char_rnn_classifier is a classifier and needs labels")
-        elif isinstance(arch, CharLMArchitecture) and task != "score":
-            raise ValueError("a char_lm is a scoring model (task 'score')")
+        if (self.format == "onnx") != isinstance(self.architecture, OnnxArchitecture):
+            raise ValueError('format: "onnx" goes with an architecture of type "onnx"')
+        family = family_of(self.architecture)
+        family.check(self.architecture, self)
+        _check_head(self)
+        outputs = family.num_outputs(self.architecture, self)
+        if outputs is not None and self.task != "score" and len(self.labels) != outputs:
+            raise ValueError(f"labels: {len(self.labels)} labels for {outputs} outputs")
         if Path(self.weights_file).name != self.weights_file:
             raise ValueError("weights_file must be a file name inside the checkpoint directory")
         return self
 
 
-def _check_onnx_config(config: ModelConfig, arch: OnnxArchitecture) -> None:
-    if config.task == "classify" and len(config.labels) < 2:
-        raise ValueError("an onnx classifier needs its labels (two or more), in output order")
-    if config.task == "score" and not isinstance(config.input, TextInput):
-        raise ValueError("an onnx scoring model needs a text input")
-    if arch.lengths_input is not None and not isinstance(config.input, TextInput):
-        raise ValueError("lengths_input applies to a text input only")
-    if arch.lengths_input == arch.input:
-        raise ValueError("lengths_input must be another graph input than input")
-    if config.weights_file != ONNX_FILE:
-        raise ValueError(f"an onnx version's weights_file is {ONNX_FILE}")
+def _check_head(config: ModelConfig) -> None:
+    task, labels = config.task, config.labels
+    if len(set(labels)) != len(labels):
+        raise ValueError("labels: a label is repeated")
+    if task == "classify" and len(labels) < 2:
+        raise ValueError(
+            f"labels: a classifier needs at least 2 labels, not {len(labels)} (softmax over one "
+            "output is always 1.0); one output is task 'regress' or 'multilabel'"
+        )
+    if task in ("multilabel", "regress") and not labels:
+        raise ValueError(f"labels: a {task} head names each of its outputs")
+    if task != "multilabel" and config.threshold is not None:
+        raise ValueError("threshold: only a multilabel head has one")
+    scaling = config.target_scaling
+    if scaling is not None:
+        if task != "regress":
+            raise ValueError("target_scaling: only a regress head has one")
+        if not len(scaling.mean) == len(scaling.std) == len(labels):
+            raise ValueError(
+                f"target_scaling: {len(scaling.mean)} means and {len(scaling.std)} stds for "
+                f"{len(labels)} outputs"
+            )
 
 
 def build_model(config: ModelConfig) -> nn.Module:
     """An untrained module of the configured architecture."""
-    arch = config.architecture
-    if isinstance(arch, OnnxArchitecture):
+    if isinstance(config.architecture, OnnxArchitecture):
         raise CheckpointError("an onnx version has no PyTorch module: ONNX Runtime runs its graph")
-    if isinstance(arch, MLPArchitecture):
-        return MLP(arch.layer_sizes, arch.activation)
-    assert isinstance(config.input, TextInput)
-    alphabet_size = len(config.input.alphabet)
-    if isinstance(arch, CharRNNArchitecture):
-        return CharRNNClassifier(
-            alphabet_size, arch.hidden_size, len(config.labels), arch.cell, arch.hidden_activation
-        )
-    return CharLM(
-        alphabet_size + 2, arch.embedding_dim, arch.hidden_size, arch.num_layers, arch.cell
-    )
+    return family_of(config.architecture).build(config.architecture, config)
 
 
 def sha256_file(path: Path) -> str:

@@ -44,18 +44,158 @@ class KerasMLP:
     output_activation: str
     input_shape: list[int]
     state: dict[str, torch.Tensor]
+    # An mlp's `layers` stack, when the model has normalization layers or activations that
+    # differ from layer to layer (None: Dense layers with one activation).
+    stack: list[dict[str, Any]] | None = None
+
+
+NORMS = ("BatchNormalization", "LayerNormalization")
+KERAS_ACTIVATIONS = {
+    "relu": "relu", "gelu": "gelu", "silu": "silu", "swish": "silu", "tanh": "tanh",
+    "sigmoid": "sigmoid", "elu": "elu", "softplus": "softplus", "leaky_relu": "leaky_relu",
+    "linear": "none",
+}  # fmt: skip
 
 
 def read_keras(path: Path) -> KerasMLP:
     """Read `path` (.keras or .h5/.hdf5); CheckpointError says what cannot be imported."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    with opened(path) as (model_config, variables):
+        if _needs_stack(model_config):
+            return _read_stack(model_config, variables, path)
     with _opened(path) as (model_config, weights_of):
         layers, input_shape = _dense_layers(model_config, path)
         sizes = _layer_sizes(layers, input_shape, path)
         activation, output = _activations(layers, path)
         state = _state_dict(layers, sizes, weights_of, path)
     return KerasMLP(sizes, activation, output, input_shape, state)
+
+
+def _needs_stack(model: dict[str, Any]) -> bool:
+    layers = (model.get("config") or {}).get("layers") or []
+    kinds = [layer.get("class_name") for layer in layers if isinstance(layer, dict)]
+    if any(kind in NORMS or kind == "LeakyReLU" for kind in kinds):
+        return True
+    activations = [
+        _activation_name(layer.get("config") or {})
+        for layer in layers
+        if isinstance(layer, dict) and layer.get("class_name") == "Dense"
+    ]
+    return len(set(activations[:-1])) > 1
+
+
+def _read_stack(model: dict[str, Any], variables: Any, path: Path) -> KerasMLP:
+    """Dense, BatchNormalization, LayerNormalization, activations (of Dense layers, Activation
+    and LeakyReLU layers) and Dropout in order, as an mlp `layers` stack; the last Dense's
+    activation is the head's."""
+    if model.get("class_name") != "Sequential":
+        raise CheckpointError(f"{path}: batchserve imports keras.Sequential models")
+    entries: list[dict[str, Any]] = []
+    state: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    refused: list[str] = []
+    input_shape: list[int] | None = None
+    width: int | None = None
+    sizes: list[int] = []
+    raw = (model.get("config") or {}).get("layers") or []
+    for layer in raw:
+        kind, config = str(layer.get("class_name")), layer.get("config") or {}
+        name = str(config.get("name", "?"))
+        snake = {"BatchNormalization": "batch_normalization",
+                 "LayerNormalization": "layer_normalization"}.get(kind, kind.lower())  # fmt: skip
+        position = counts.get(snake, 0)
+        counts[snake] = position + 1
+        key = snake if position == 0 else f"{snake}_{position}"
+        input_shape = input_shape or _declared_shape(config)
+        if width is None and input_shape is not None:
+            width = 1
+            for n in input_shape:
+                width *= n
+            sizes = [width]
+        if kind in ("InputLayer", "Flatten", "Dropout"):
+            if kind == "Dropout":
+                entries.append({"kind": "dropout", "p": float(config.get("rate", 0.5))})
+            continue
+        if width is None:
+            refused.append(f"{name} ({kind}) before a known input shape")
+            continue
+        here = f"layers.{len(entries)}"
+        arrays = [np.asarray(d[()], dtype=np.float32) for _, d in variables(key, name)]
+        if kind == "Dense":
+            units = int(config["units"])
+            kernel, *bias = arrays
+            if kernel.shape != (width, units):
+                raise CheckpointError(f"{path}: layer {name} has a kernel {list(kernel.shape)}")
+            state[f"{here}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
+            state[f"{here}.bias"] = torch.from_numpy(bias[0]) if bias else torch.zeros(units)
+            entries.append({"kind": "linear", "out_features": units})
+            width = units
+            sizes.append(units)
+            activation = _activation_name(config)
+            if activation != "linear":
+                entries.append(_keras_activation(activation, config, name, path))
+        elif kind in ("Activation", "LeakyReLU"):
+            activation = "leaky_relu" if kind == "LeakyReLU" else _activation_name(config)
+            entries.append(_keras_activation(activation, config, name, path))
+        elif kind in NORMS and config.get("axis", -1) in (-1, [-1], 1, [1]):
+            if config.get("rms_scaling"):
+                refused.append(f"{name} ({kind}, rms_scaling)")
+                continue
+            center, scale = bool(config.get("center", True)), bool(config.get("scale", True))
+            roles = [r for r, on in (("gamma", scale), ("beta", center)) if on]
+            if kind == "BatchNormalization":
+                roles += ["moving_mean", "moving_variance"]
+            if len(arrays) != len(roles):
+                raise CheckpointError(f"{path}: layer {name} has {len(arrays)} weight arrays")
+            found = dict(zip(roles, arrays, strict=True))
+            ones, zeros = np.ones(width, np.float32), np.zeros(width, np.float32)
+            state[f"{here}.weight"] = torch.from_numpy(found.get("gamma", ones))
+            state[f"{here}.bias"] = torch.from_numpy(found.get("beta", zeros))
+            eps = float(config.get("epsilon", 1e-3))
+            if kind == "BatchNormalization":
+                state[f"{here}.running_mean"] = torch.from_numpy(found["moving_mean"])
+                state[f"{here}.running_var"] = torch.from_numpy(found["moving_variance"])
+                state[f"{here}.num_batches_tracked"] = torch.tensor(0)
+                entries.append({"kind": "batch_norm", "eps": eps})
+            else:
+                entries.append({"kind": "layer_norm", "eps": eps})
+        else:
+            refused.append(f"{name} ({kind})")
+    if refused:
+        raise CheckpointError(
+            f"{path}: cannot import layers {', '.join(refused)}: batchserve's mlp takes Dense, "
+            "BatchNormalization, LayerNormalization, Activation, LeakyReLU, Dropout (and "
+            "InputLayer, Flatten first)"
+        )
+    if input_shape is None or len(sizes) < 2:
+        raise CheckpointError(f"{path}: no Dense layers with a known input shape")
+    output = "linear"
+    if (
+        entries
+        and entries[-1]["kind"] == "activation"
+        and entries[-1]["name"] in ("sigmoid", "softmax")
+    ):
+        output = entries.pop()["name"]
+    if entries[-1]["kind"] != "linear":
+        raise CheckpointError(f"{path}: the last layer must be Dense (then its head's activation)")
+    return KerasMLP(sizes, "relu", output, input_shape, state, entries)
+
+
+def _keras_activation(
+    activation: str, config: dict[str, Any], name: str, path: Path
+) -> dict[str, Any]:
+    if activation == "softmax":
+        return {"kind": "activation", "name": "softmax"}  # the head's: only last (checked)
+    mapped = KERAS_ACTIVATIONS.get(activation)
+    if mapped is None:
+        raise CheckpointError(
+            f"{path}: layer {name}: activation {activation} is not one batchserve has"
+        )
+    layer: dict[str, Any] = {"kind": "activation", "name": mapped}
+    if mapped == "leaky_relu":
+        layer["negative_slope"] = float(config.get("negative_slope", config.get("alpha", 0.3)))
+    return layer
 
 
 # --------------------------------------------------------------------------- the two file layouts
@@ -76,11 +216,28 @@ def _h5py() -> Any:
 
 @contextmanager
 def _opened(path: Path) -> Iterator[tuple[dict[str, Any], WeightReader]]:
+    """The model config and a reader of a Dense layer's variables."""
+    with opened(path) as (config, variables):
+        yield config, lambda layer: variables(_dense_key(layer), layer.name)
+
+
+def _dense_key(layer: DenseLayer) -> str:
+    # Keras 3 keeps the variables of a model's n-th Dense layer as layers/dense_n/vars/0 (kernel)
+    # and /1 (bias), "dense" for the first: by class and position, not by the layer's name.
+    return "dense" if layer.position == 0 else f"dense_{layer.position}"
+
+
+@contextmanager
+def opened(path: Path) -> Iterator[tuple[dict[str, Any], Any]]:
+    """The model config, and `variables(key, name, part="")`: a layer's (name, dataset) pairs,
+    found by its archive key (class in snake case, numbered per class: "lstm_1") in a .keras
+    archive and by its name in a legacy .h5 file; `part` "forward_layer"/"backward_layer" picks
+    one direction of a Bidirectional layer."""
     h5py = _h5py()
     if zipfile.is_zipfile(path):
         config, weights = _keras_archive(path)
         with h5py.File(io.BytesIO(weights), "r") as h5:
-            yield config, lambda layer: _archive_variables(h5, layer)
+            yield config, lambda key, name, part="": _archive_variables(h5, key, part)
         return
     try:
         h5 = h5py.File(path, "r")
@@ -95,7 +252,7 @@ def _opened(path: Path) -> Iterator[tuple[dict[str, Any], WeightReader]]:
             )
         config = _json(raw.decode() if isinstance(raw, bytes) else str(raw), path)
         group = h5["model_weights"] if "model_weights" in h5 else h5
-        yield config, lambda layer: _legacy_variables(group, layer.name)
+        yield config, lambda key, name, part="": _legacy_variables(group, name, part)
 
 
 def _keras_archive(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -124,22 +281,31 @@ def _json(text: str, path: Path) -> dict[str, Any]:
     return value
 
 
-def _archive_variables(h5: Any, layer: DenseLayer) -> list[tuple[str, Any]]:
-    # Keras 3 keeps the variables of a model's n-th Dense layer as layers/dense_n/vars/0 (kernel)
-    # and /1 (bias), "dense" for the first: by class and position, not by the layer's name.
-    key = "dense" if layer.position == 0 else f"dense_{layer.position}"
-    group = h5.get(f"layers/{key}/vars")
+def _archive_variables(h5: Any, key: str, part: str = "") -> list[tuple[str, Any]]:
+    # Keras 3: layers/<key>/vars/0, 1...; a recurrent layer's under layers/<key>/cell/vars, and
+    # a Bidirectional's under layers/<key>/forward_layer/cell/vars (and backward_layer).
+    base = f"layers/{key}/{part}/" if part else f"layers/{key}/"
+    group = h5.get(f"{base}cell/vars")
+    if group is None or not len(group):
+        group = h5.get(f"{base}vars")
     if group is None:
         return []
-    return [(key, group[key]) for key in sorted(group.keys(), key=int)]
+    return [(name, group[name]) for name in sorted(group.keys(), key=int)]
 
 
-def _legacy_variables(group: Any, layer: str) -> list[tuple[str, Any]]:
-    # Legacy HDF5: model_weights/<name> lists its datasets in the attribute weight_names.
+def _legacy_variables(group: Any, layer: str, part: str = "") -> list[tuple[str, Any]]:
+    # Legacy HDF5: model_weights/<name> lists its datasets in the attribute weight_names; a
+    # Bidirectional's are .../forward_<cell>/... and .../backward_<cell>/...
     if layer not in group:
         return []
-    names = group[layer].attrs.get("weight_names", [])
-    return [(n.decode() if isinstance(n, bytes) else str(n), group[layer][n]) for n in names]
+    names = [
+        n.decode() if isinstance(n, bytes) else str(n)
+        for n in group[layer].attrs.get("weight_names", [])
+    ]
+    if part:
+        direction = "/" + part.removesuffix("_layer") + "_"
+        names = [n for n in names if direction in n]
+    return [(n, group[layer][n]) for n in names]
 
 
 # --------------------------------------------------------------------------- the model config

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from models.families.base import _Strict
 
 ONNX_FILE = "model.onnx"
 TENSOR_NAME = r"^[^\x00-\x1f]{1,256}$"
@@ -17,10 +19,8 @@ TENSOR_NAME = r"^[^\x00-\x1f]{1,256}$"
 OutputKind = Literal["logits", "probabilities", "log_probabilities"]
 
 
-class OnnxArchitecture(BaseModel):
+class OnnxArchitecture(_Strict):
     """`architecture` of an ONNX version: names in the graph, nothing about its layers."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["onnx"] = "onnx"
     # The graph input that takes the batch of items: [B, ...] floats for a vector input, [B, T]

@@ -6,36 +6,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.checkpoint import CheckpointError, ModelConfig, TextInput, VectorInput
-from models.text import CharVocab
+from models.checkpoint import CheckpointError, ModelConfig
+from models.families import family_of
 
 
 def warmup_inputs(config: ModelConfig, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """The arguments of one forward call on a small batch of valid inputs: for a vector model the
-    zero vector and, where the config bounds the input, its minimum and maximum; for a text model
-    the first characters of the alphabet and a string of the longest allowed length."""
-    if isinstance(config.input, VectorInput):
-        return (_vector_rows(config.input).to(device),)
-    assert isinstance(config.input, TextInput)
-    vocab = CharVocab(config.input.alphabet)
-    longest = config.input.max_length
-    texts = [config.input.alphabet[:4], (config.input.alphabet * longest)[:longest]]
-    rows = [vocab.encode(text) for text in texts]
-    if config.task == "score":  # the language model reads BOS, then the characters
-        rows = [[vocab.bos, *row] for row in rows]
-    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
-    padded = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
-    for i, row in enumerate(rows):
-        padded[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return padded.to(device), lengths
-
-
-def _vector_rows(spec: VectorInput) -> torch.Tensor:
-    width = 1
-    for n in spec.shape:
-        width *= n
-    values = [0.0] + [v for v in (spec.minimum, spec.maximum) if v is not None]
-    return torch.tensor(values, dtype=torch.float32)[:, None].expand(len(values), width).clone()
+    """The arguments of one forward call on a small batch of valid inputs, the family's warm-up
+    items: for a vector model the zero vector and, where the config bounds the input, its
+    minimum and maximum; for a sequence model the shortest and the longest items allowed."""
+    args = family_of(config.architecture).warmup_args(config)
+    # Lengths (the second argument of a sequence model) stay on the CPU for packing.
+    return tuple(a.to(device) if i == 0 else a for i, a in enumerate(args))
 
 
 def check_finite_outputs(model: nn.Module, config: ModelConfig) -> None:

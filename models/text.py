@@ -6,6 +6,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
@@ -85,3 +86,102 @@ class CharVocab:
         if skip_special:
             ids = [i for i in ids if i < self.bos]
         return "".join(self.token(i) for i in ids)
+
+
+_WORD_SPLIT = re.compile(r"\w+|[^\w\s]")
+
+
+class Vocab(Protocol):
+    """What the language models' scoring and generation read of a tokenizer."""
+
+    @property
+    def bos(self) -> int: ...
+
+    @property
+    def eos(self) -> int: ...
+
+    @property
+    def lm_vocab_size(self) -> int: ...
+
+    def token(self, index: int) -> str: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def detokenize(self, ids: Sequence[int], skip_special: bool = False) -> str: ...
+
+
+@dataclass(frozen=True)
+class WordVocab:
+    """Word ids 0..V-1 (`words`); a language model adds BOS = V and EOS = V + 1. A string is
+    lowercased (when `lowercase`) and split at white space ("whitespace") or into runs of word
+    characters and single other characters ("words"); a word outside the vocabulary is
+    `unknown` (None: refused). A word's token text has a space first (" film", as GPT-2's tokens
+    carry theirs), so that generated text is the concatenation of its tokens."""
+
+    words: tuple[str, ...]
+    lowercase: bool = True
+    split_rule: str = "whitespace"
+    unknown: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {w: i for i, w in enumerate(self.words)})
+
+    @property
+    def bos(self) -> int:
+        return len(self.words)
+
+    @property
+    def eos(self) -> int:
+        return len(self.words) + 1
+
+    @property
+    def lm_vocab_size(self) -> int:
+        return len(self.words) + 2
+
+    def split(self, text: str) -> list[str]:
+        if self.lowercase:
+            text = text.lower()
+        return text.split() if self.split_rule == "whitespace" else _WORD_SPLIT.findall(text)
+
+    def unknown_words(self, words: Sequence[str]) -> list[str]:
+        if self.unknown is not None:
+            return []
+        index: dict[str, int] = self._index  # type: ignore[attr-defined]
+        return list(dict.fromkeys(w for w in words if w not in index))
+
+    def encode_words(self, words: Sequence[str]) -> list[int]:
+        index: dict[str, int] = self._index  # type: ignore[attr-defined]
+        fallback = None if self.unknown is None else index[self.unknown]
+        return [index[w] if fallback is None else index.get(w, fallback) for w in words]
+
+    def token(self, index: int) -> str:
+        if index == self.bos:
+            return BOS_TOKEN
+        if index == self.eos:
+            return EOS_TOKEN
+        return " " + self.words[index]
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`; "<s>" and "</s>" are BOS and EOS. Raises ValueError naming the
+        words outside the vocabulary (when there is no unknown token)."""
+        parts = _SPECIAL.split(text)
+        ids: list[int] = []
+        for i, part in enumerate(parts):
+            if i % 2:
+                ids.append(self.bos if part == BOS_TOKEN else self.eos)
+                continue
+            words = self.split(part)
+            unknown = self.unknown_words(words)
+            if unknown:
+                shown = ", ".join(repr(w) for w in unknown[:10])
+                raise ValueError(f"words outside the vocabulary: {shown}")
+            ids.extend(self.encode_words(words))
+        return ids
+
+    def detokenize(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        wrong = [i for i in ids if not 0 <= i < self.lm_vocab_size]
+        if wrong:
+            raise ValueError(f"token ids outside 0..{self.lm_vocab_size - 1}: {wrong[:10]}")
+        if skip_special:
+            ids = [i for i in ids if i < self.bos]
+        return "".join(self.token(i) for i in ids).removeprefix(" ")

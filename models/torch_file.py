@@ -222,3 +222,229 @@ def map_char_lm(state: dict[str, torch.Tensor]) -> Mapped:
     vocab, embedding_dim = renamed["embedding.weight"].shape
     facts = {**mapped.facts, "embedding_dim": embedding_dim, "vocab_size": vocab}
     return Mapped(renamed, facts)
+
+
+# --------------------------------------------------------------------------- mlp with layers
+
+NORM_PARAMS = {"running_mean", "running_var", "num_batches_tracked"}
+# Weightless layers of an nn.Sequential, as `--layers` names them (name or name:parameter).
+WEIGHTLESS = (
+    "relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "softplus", "none",
+    "identity", "dropout", "softmax", "log_softmax",
+)  # fmt: skip
+STACK_LAYOUT = (
+    "an nn.Sequential's <index>.weight/.bias (Linear, LayerNorm) and <index>.running_mean/"
+    ".running_var/.num_batches_tracked (BatchNorm1d), under one common prefix"
+)
+
+
+def _sequential(state: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]] | None:
+    """The file's modules by nn.Sequential index, when every key is `[prefix.]<index>.<param>`
+    with one common prefix; else None."""
+    found: dict[int, dict[str, torch.Tensor]] = {}
+    prefixes = set()
+    for key, tensor in state.items():
+        match = re.fullmatch(r"(?:(.*)\.)?(\d+)\.([A-Za-z_]+)", key)
+        if match is None:
+            return None
+        prefixes.add(match.group(1))
+        found.setdefault(int(match.group(2)), {})[match.group(3)] = tensor
+    return found if len(prefixes) == 1 else None
+
+
+def _kind(params: dict[str, torch.Tensor]) -> str | None:
+    names = set(params)
+    weight = params.get("weight")
+    if weight is not None and weight.dim() == 2 and names <= {"weight", "bias"}:
+        return "linear"
+    if {"running_mean", "running_var"} <= names and names <= NORM_PARAMS | {"weight", "bias"}:
+        return "batch_norm"
+    if weight is not None and weight.dim() == 1 and names <= {"weight", "bias"}:
+        return "layer_norm"
+    return None
+
+
+def _weightless(spec: str, index: int) -> dict[str, Any]:
+    name, _, value = spec.partition(":")
+    if name not in WEIGHTLESS:
+        raise CheckpointError(
+            f"--layers: layer {index} is {spec!r}; a layer without weights is one of "
+            f"{', '.join(WEIGHTLESS)}"
+        )
+    if name == "dropout":
+        return {"kind": "dropout", "p": float(value or 0.5)}
+    layer: dict[str, Any] = {"kind": "activation", "name": "none" if name == "identity" else name}
+    if value:
+        key = {"leaky_relu": "negative_slope", "elu": "alpha", "softplus": "beta"}.get(name)
+        if key is None:
+            raise CheckpointError(f"--layers: {name} takes no parameter ({spec!r})")
+        layer[key] = float(value)
+    return layer
+
+
+def map_mlp_stack(
+    state: dict[str, torch.Tensor], layers: list[str] | None, activation: str | None
+) -> Mapped:
+    """An nn.Sequential of Linear, BatchNorm1d, LayerNorm and weightless layers onto
+    `layers.<index>.*` (the same indices). `layers` names every layer in order (linear,
+    batch_norm, layer_norm, or a weightless one: an activation, dropout, and a final softmax or
+    sigmoid that the head applies anyway); without it each gap of one index between weighted
+    layers is `activation`. Facts: layer_sizes, and the stack as config layers."""
+    modules = _sequential(state)
+    if modules is None:
+        raise _unmappable(sorted(state), "mlp", STACK_LAYOUT)
+    odd = [f"{i}.{p}" for i, params in modules.items() if _kind(params) is None for p in params]
+    if odd:
+        raise _unmappable(odd, "mlp", STACK_LAYOUT)
+    last = max(modules)
+    if layers is None:
+        layers = []
+        for i in range(last + 1):
+            if i in modules:
+                layers.append(str(_kind(modules[i])))
+            elif activation is None or (i - 1 not in modules or i + 1 not in modules):
+                raise CheckpointError(
+                    f"layer {i} of the nn.Sequential has no weights: say what every layer is "
+                    "(--layers linear,batch_norm,relu,dropout,linear,...)"
+                )
+            else:
+                layers.append(activation)
+    if len(layers) <= last:
+        raise CheckpointError(
+            f"--layers names {len(layers)} layers; the file has weights for layer {last}"
+        )
+    stack: list[dict[str, Any]] = []
+    mapped: dict[str, torch.Tensor] = {}
+    sizes: list[int] = []
+    for i, spec in enumerate(layers):
+        params = modules.get(i)
+        kind = None if params is None else _kind(params)
+        if spec in ("linear", "batch_norm", "layer_norm") or kind is not None:
+            if spec != kind:
+                found = "no weights" if kind is None else f"{kind} weights"
+                raise CheckpointError(f"--layers: layer {i} is {spec!r} but the file has {found}")
+            assert params is not None
+            stack.append(_weighted(i, kind, params, sizes))
+            for param, tensor in params.items():
+                mapped[f"layers.{i}.{param}"] = tensor
+            if kind == "batch_norm" and "num_batches_tracked" not in params:
+                mapped[f"layers.{i}.num_batches_tracked"] = torch.tensor(0)
+        else:
+            stack.append(_weightless(spec, i))
+    # A final softmax/sigmoid is the head's own, applied by the server.
+    while stack and stack[-1].get("name") in ("softmax", "log_softmax", "sigmoid"):
+        stack.pop()
+    if any(layer.get("name") in ("softmax", "log_softmax") for layer in stack):
+        raise CheckpointError("--layers: softmax only as the last layer")
+    return Mapped(mapped, {"layer_sizes": sizes, "layers": stack, "final": layers[-1]})
+
+
+def _weighted(
+    index: int, kind: str, params: dict[str, torch.Tensor], sizes: list[int]
+) -> dict[str, Any]:
+    if kind == "linear":
+        weight = params["weight"]
+        if not sizes:
+            sizes.append(int(weight.shape[1]))
+        if weight.shape[1] != sizes[-1]:
+            raise CheckpointError(
+                f"{index}.weight has shape {list(weight.shape)}: it takes {weight.shape[1]} "
+                f"inputs, but the layer before gives {sizes[-1]}"
+            )
+        sizes.append(int(weight.shape[0]))
+        return {"kind": "linear", "out_features": int(weight.shape[0]), "bias": "bias" in params}
+    width = int(params["running_mean" if kind == "batch_norm" else "weight"].shape[0])
+    if not sizes or width != sizes[-1]:
+        raise CheckpointError(f"layer {index} ({kind}) normalizes {width} values, not its input's")
+    if kind == "batch_norm":
+        return {"kind": "batch_norm", "affine": "weight" in params}
+    return {"kind": "layer_norm", "elementwise_affine": True}
+
+
+def is_plain_linear(state: dict[str, torch.Tensor]) -> bool:
+    """Only Linear layers' weights and biases (the layout `map_mlp` takes)."""
+    groups: dict[str, set[str]] = {}
+    for key, tensor in state.items():
+        module, _, param = key.rpartition(".")
+        groups.setdefault(module, set()).add(param)
+        if param == "weight" and tensor.dim() != 2:
+            return False
+    return all(params <= {"weight", "bias"} and "weight" in params for params in groups.values())
+
+
+# --------------------------------------------------------------------------- rnn classifier
+
+SEQUENCE_LAYOUT = (
+    "an optional nn.Embedding (<name>.weight), one nn.RNN/GRU/LSTM (<name>.weight_ih_l0 ..., any "
+    "layers, bidirectional) and one nn.Linear (<name>.weight, <name>.bias) reading its hidden "
+    "state"
+)
+
+
+def map_sequence_classifier(state: dict[str, torch.Tensor]) -> Mapped:
+    """Embedding (optional) + RNN/GRU/LSTM + Linear, under any module names, onto `embedding`,
+    `rnn` and `head`."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        module, _, param = key.rpartition(".")
+        groups.setdefault(module, {})[param] = tensor
+    recurrent = [m for m, p in groups.items() if "weight_ih_l0" in p and "weight_hh_l0" in p]
+    embeddings = [m for m, p in groups.items() if set(p) == {"weight"} and p["weight"].dim() == 2]
+    linears = [
+        m
+        for m, p in groups.items()
+        if set(p) == {"weight", "bias"} and p["weight"].dim() == 2 and m not in recurrent
+    ]
+    if len(recurrent) != 1 or len(embeddings) > 1 or len(linears) != 1:
+        raise _unmappable(sorted(state), "rnn", SEQUENCE_LAYOUT)
+    rnn_params = groups[recurrent[0]]
+    allowed = re.compile(r"(weight|bias)_(ih|hh)_l\d+(_reverse)?")
+    odd = [f"{recurrent[0]}.{p}" for p in rnn_params if not allowed.fullmatch(p)]
+    known = {recurrent[0], linears[0], *embeddings}
+    odd += [f"{m}.{p}" for m, params in groups.items() if m not in known for p in params]
+    if odd:
+        raise _unmappable(odd, "rnn", SEQUENCE_LAYOUT)
+    renamed = {f"rnn.{p}": t for p, t in rnn_params.items()}
+    mapped = _recurrent(renamed, "rnn")
+    layers = mapped.facts["num_layers"]
+    expected = {
+        f"rnn.{w}_{g}_l{k}{suffix}"
+        for w in ("weight", "bias")
+        for g in ("ih", "hh")
+        for k in range(layers)
+        for suffix in ("", "_reverse")
+        if suffix == "" or "rnn.weight_ih_l0_reverse" in renamed
+    }
+    missing = sorted(expected - set(renamed))
+    if missing:
+        raise CheckpointError(
+            f"the recurrent layer {recurrent[0]} lacks {missing[:6]}: batchserve's RNN cells "
+            "have biases (bias=True)"
+        )
+    bidirectional = "rnn.weight_ih_l0_reverse" in renamed
+    hidden = mapped.facts["hidden_size"]
+    head = groups[linears[0]]
+    width = hidden * (2 if bidirectional else 1)
+    if head["weight"].shape[1] != width:
+        raise CheckpointError(
+            f"{linears[0]}.weight has shape {list(head['weight'].shape)}: it should read the "
+            f"{width} values of the recurrent layer's hidden state"
+        )
+    renamed["head.weight"], renamed["head.bias"] = head["weight"], head["bias"]
+    facts = {
+        **mapped.facts,
+        "bidirectional": bidirectional,
+        "num_outputs": int(head["weight"].shape[0]),
+        "input_size": mapped.facts["alphabet_size"],
+        "embedding": None,
+    }
+    if embeddings:
+        weight = groups[embeddings[0]]["weight"]
+        if weight.shape[1] != facts["input_size"]:
+            raise CheckpointError(
+                f"{embeddings[0]}.weight has shape {list(weight.shape)}: its vectors do not "
+                f"fit the recurrent layer's {facts['input_size']} inputs"
+            )
+        renamed["embedding.weight"] = weight
+        facts["embedding"] = (int(weight.shape[0]), int(weight.shape[1]))
+    return Mapped(renamed, facts)

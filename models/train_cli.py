@@ -36,6 +36,8 @@ from models.train import (
     train_names_lm,
     train_names_rnn,
 )
+from models.train_sequence import train_sequence
+from models.train_tabular import TABULAR_RECIPES, train_tabular
 from models.userdata import (
     check_labels,
     label_names,
@@ -74,7 +76,7 @@ class OwnData:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    recipes = [*RECIPES, *ALIASES]
+    recipes = [*RECIPES, *ALIASES, *TABULAR_RECIPES, "sequence"]
     parser.add_argument(
         "recipe",
         choices=[*recipes, "all"],
@@ -88,10 +90,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="your own data instead of the bundled data set: for mlp a .npz (arrays x [N, ...] "
         "and y [N]) or a CSV of label then features; for char_rnn_classifier a CSV of text,label; "
-        "for char_lm a text file with one string per line",
+        "for char_lm a text file with one string per line; for regress and multilabel a CSV "
+        "with a header (see --targets); for sequence a CSV of text,label (words) or a .jsonl "
+        'of {"steps": [[...], ...], "label": ...} (numeric steps)',
     )
     parser.add_argument(
         "--name", help="model name (default: the recipe's, or the data file's stem)"
+    )
+    parser.add_argument(
+        "--targets",
+        metavar="COL1,COL2",
+        help="regress and multilabel (a CSV with a header row): the columns to predict; the "
+        "other columns are the features",
     )
     parser.add_argument(
         "--repository",
@@ -171,6 +181,25 @@ def run(args: argparse.Namespace) -> list[tuple[Path, ModelConfig]]:
         cache_dir=args.cache_dir,
         force=args.force,
     )
+    if args.recipe == "sequence":
+        if args.data is None:
+            raise DataError("train sequence has no bundled data set: give --data FILE")
+        name = args.name or name_from_file(args.data)
+        version = plan_version(repository, name, args.version, args.force)
+        fractions = (args.valid_fraction, args.test_fraction)
+        model, config = train_sequence(name, args.data, fractions, options, SPLIT_SEED)
+        return [write_version(repository, model, config, version, args.force)]
+    if args.recipe in TABULAR_RECIPES:
+        if args.data is None:
+            raise DataError(f"train {args.recipe} has no bundled data set: give --data FILE.csv")
+        name = args.name or name_from_file(args.data)
+        version = plan_version(repository, name, args.version, args.force)
+        targets = [t.strip() for t in (args.targets or "").split(",") if t.strip()]
+        fractions = (args.valid_fraction, args.test_fraction)
+        model, config = train_tabular(
+            args.recipe, name, args.data, targets, fractions, options, SPLIT_SEED
+        )
+        return [write_version(repository, model, config, version, args.force)]
     if args.data is not None:
         recipe = ALIASES.get(args.recipe, args.recipe)
         name = args.name or name_from_file(args.data)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.api.v1.schemas import Prediction
 from app.client import AsyncClient, BatchserveError, Client, PredictResult, ScoreResult
 from tests.conftest import free_port, live_server, settings_for, write_tiny_repository
 from tests.numbers import LOG_PROB_TOLERANCE, assert_same_numbers
@@ -76,7 +77,8 @@ def test_predict_returns_typed_result_matching_the_http_response(server: str) ->
         result = client.predict("mnist-mlp", inputs, top_k=3)
     assert isinstance(result, PredictResult)
     assert result.model_dump(exclude={"request_id"}, exclude_unset=True) == raw
-    assert len(result.predictions[0].top_k) == 3
+    first = result.predictions[0]
+    assert isinstance(first, Prediction) and len(first.top_k) == 3
 
 
 def test_score_returns_typed_result_matching_the_http_response(server: str) -> None:

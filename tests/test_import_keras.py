@@ -76,6 +76,7 @@ mixed = keras.Sequential([
     layers.Dense(2, activation="softmax"),
 ])
 mixed.save(f"{out}/mixed.keras")
+np.save(f"{out}/mixed.predictions.npy", mixed.predict(x[:16, :8], verbose=0))
 np.save(f"{out}/inputs.npy", x[:16])
 """
 
@@ -151,13 +152,19 @@ def test_a_conv_model_is_refused_naming_its_layers_and_nothing_is_written(
     assert files_in(tmp_path) == []
 
 
-def test_hidden_layers_with_different_activations_are_refused(
+def test_hidden_layers_with_different_activations_serve_as_a_layer_stack(
     tmp_path: Path, keras_files: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = cli(capsys, "import", "keras", keras_files / "mixed.keras", "--repository", tmp_path)
-    assert run.code == 2
-    assert "first (relu)" in run.err and "second (sigmoid)" in run.err
-    assert files_in(tmp_path) == []
+    assert run.code == 0, run.err
+    config = json.loads((tmp_path / "mixed" / "1" / "config.json").read_text())
+    names = [layer.get("name") for layer in config["architecture"]["layers"]]
+    assert names == [None, "relu", None, "sigmoid", None]
+    inputs = np.load(keras_files / "inputs.npy")[:, :8]
+    with live_server(settings_for(tmp_path)) as url:
+        served = v2_outputs(url, "mixed", inputs.tolist())
+    expected = np.load(keras_files / "mixed.predictions.npy").tolist()
+    assert_same_numbers(served["probabilities"], expected, tolerance=1e-5)
 
 
 def test_a_file_that_is_not_keras_is_refused(

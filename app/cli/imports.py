@@ -38,9 +38,55 @@ def add(commands: Any) -> None:
     torch_.add_argument("--arch", required=True, choices=ARCHITECTURES, help="what the file is")
     torch_.add_argument(
         "--activation",
-        choices=["relu", "tanh", "sigmoid", "gelu"],
+        choices=["relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "softplus"],
         help="mlp: the activation after each hidden Linear layer (a state_dict does not say)",
     )
+    torch_.add_argument(
+        "--layers",
+        metavar="L1,L2,...",
+        help="mlp from an nn.Sequential: every layer in order, e.g. "
+        "linear,batch_norm,relu,dropout:0.2,linear,layer_norm,leaky_relu:0.1,linear (a "
+        "final softmax or sigmoid is the head's and may be named)",
+    )
+    for sub in (keras, torch_):  # the head, and the input of a sequence model
+        sub.add_argument(
+            "--task",
+            choices=["classify", "multilabel", "regress"],
+            help="the head (default classify): softmax over --labels, a sigmoid per label, or "
+            "real outputs named by --labels",
+        )
+        sub.add_argument("--threshold", type=float, help="multilabel: the labels at or above it")
+        sub.add_argument(
+            "--target-mean", metavar="M1,...", help="regress: the targets' training mean(s)"
+        )
+        sub.add_argument(
+            "--target-std", metavar="S1,...", help="regress: the targets' training std(s)"
+        )
+        sub.add_argument(
+            "--vocabulary",
+            type=Path,
+            metavar="FILE",
+            help="rnn over words: one word per line, id order",
+        )
+        sub.add_argument(
+            "--lowercase", action=argparse.BooleanOptionalAction, help="words: lowercase first"
+        )
+        sub.add_argument(
+            "--split", choices=["whitespace", "words"], help="words: how a string is split"
+        )
+        sub.add_argument(
+            "--unknown", help="words: the vocabulary's unknown token ('' refuses unknown words)"
+        )
+        sub.add_argument("--features", type=int, help="rnn over numeric steps: values per step")
+        sub.add_argument("--max-steps", type=int, help="numeric steps: longest sequence")
+        sub.add_argument(
+            "--readout", choices=["last", "mean", "max"], help="rnn: the head reads (default last)"
+        )
+        sub.add_argument(
+            "--nonlinearity",
+            choices=["tanh", "relu"],
+            help="rnn with a plain nn.RNN: its nonlinearity",
+        )
     torch_.add_argument(
         "--hidden-activation",
         choices=["identity", "tanh"],
@@ -73,11 +119,14 @@ def add(commands: Any) -> None:
     keras.add_argument("--input-shape", metavar="AxB", help="also accept this nested layout")
     torch_.add_argument("--input-range", metavar="LOW,HIGH", help="mlp: refuse inputs outside it")
     torch_.add_argument("--input-shape", metavar="AxB", help="mlp: also accept this nested layout")
-    torch_.add_argument("--alphabet", help="text models: the characters in one-hot order")
-    torch_.add_argument("--max-length", type=int, help="text models: longest string (default 32)")
-    torch_.add_argument(
-        "--normalize", choices=["none", "ascii"], help="text models: fold accents away (ascii)"
-    )
+    for sub in (keras, torch_):
+        sub.add_argument("--alphabet", help="text models: the characters in one-hot order")
+        sub.add_argument(
+            "--max-length", type=int, help="text models: longest string (default 32 characters)"
+        )
+        sub.add_argument(
+            "--normalize", choices=["none", "ascii"], help="text models: fold accents away (ascii)"
+        )
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -127,6 +176,19 @@ def user_facts(args: argparse.Namespace) -> Any:
         normalize=getattr(args, "normalize", None),
         activation=getattr(args, "activation", None),
         hidden_activation=getattr(args, "hidden_activation", None),
+        task=getattr(args, "task", None),
+        threshold=getattr(args, "threshold", None),
+        target_mean=_floats(getattr(args, "target_mean", None), "--target-mean"),
+        target_std=_floats(getattr(args, "target_std", None), "--target-std"),
+        layers=_names(getattr(args, "layers", None)),
+        vocabulary=_vocabulary(getattr(args, "vocabulary", None)),
+        lowercase=getattr(args, "lowercase", None),
+        split=getattr(args, "split", None),
+        unknown=getattr(args, "unknown", None),
+        features=getattr(args, "features", None),
+        max_steps=getattr(args, "max_steps", None),
+        readout=getattr(args, "readout", None),
+        nonlinearity=getattr(args, "nonlinearity", None),
         base=read_base_config(args.config) if args.config else {},
     )
 
@@ -150,3 +212,26 @@ def _shape(text: str | None) -> list[int] | None:
         return [int(part) for part in text.lower().split("x")]
     except ValueError:
         raise UsageError(f"--input-shape: expected sizes like 28x28, got {text!r}") from None
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",")]
+
+
+def _vocabulary(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--vocabulary {path}: {exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]

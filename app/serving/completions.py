@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from app.errors import InvalidInput, ItemFailed, ServiceError
 from app.serving.generation import FinishReason, GeneratingSequence, SequenceRequest, TokenLogProb
 from models.sampling import SamplingParams, make_generator
-from models.text import CharVocab
+from models.text import Vocab
 
 # Tokens one completions request may generate, all its prompts and choices together.
 MAX_GENERATED_TOKENS = 65_536
@@ -64,7 +64,7 @@ class CompletionChoice:
 
 
 def sequence_requests(
-    request: CompletionRequest, vocab: CharVocab, max_length: int, max_generated: int
+    request: CompletionRequest, vocab: Vocab, max_length: int, max_generated: int
 ) -> list[SequenceRequest]:
     """One sequence per prompt and choice (choice index = prompt index * n + j), each with its own
     random stream, so that its draws depend on its seed and index only. The model's bounds are
@@ -109,7 +109,7 @@ def sequence_requests(
 
 
 def _with_start(
-    prompt: list[int], vocab: CharVocab, max_tokens: int, field_name: str
+    prompt: list[int], vocab: Vocab, max_tokens: int, field_name: str
 ) -> tuple[list[int], int]:
     """The prompt with its start token, and the first position an echo reports: a start token the
     client wrote is echoed, one added here is not."""
@@ -133,7 +133,7 @@ class ChoiceStream:
         sequence: GeneratingSequence,
         index: int,
         request: CompletionRequest,
-        vocab: CharVocab,
+        vocab: Vocab,
     ) -> None:
         self.sequence, self.index = sequence, index
         self.request, self.vocab = request, vocab

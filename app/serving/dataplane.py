@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from app.errors import (
     DEADLINE_PASSED,
@@ -46,9 +46,10 @@ from app.serving.results import (
     VersionInfo,
     VersionStatistics,
 )
-from app.serving.servables import SequenceScorer, Task
+from app.serving.servables import SequenceScorer
 from app.serving.stats import Statistics
 from app.settings import Settings
+from models.families.base import Task
 
 
 @dataclass
@@ -91,12 +92,15 @@ class DataPlane:
         field: str,
         numbers_checked: bool = False,
     ) -> Classification:
-        """Class probabilities for each item; `field` names the items in error messages;
-        `numbers_checked`: the transport's decoder already saw that the leaves are numbers."""
+        """The predict head's answer for each item (class probabilities, multilabel
+        probabilities, or regression values: `task` says which); `field` names the items in
+        error messages; `numbers_checked`: the transport's decoder already saw that the leaves
+        are numbers."""
         results = await self._infer(
-            model, lambda: _parse(model, "classify", raw_items, field, numbers_checked), ctx, field
+            model, lambda: _parse(model, "predict", raw_items, field, numbers_checked), ctx, field
         )
-        return Classification(model.name, model.version, model.config.labels, results)
+        config = model.config
+        return Classification(model.name, model.version, config.labels, results, config.task)
 
     async def score(
         self, model: LoadedModel, raw_items: Sequence[Any], ctx: RequestContext, field: str
@@ -330,7 +334,7 @@ def _scorer(model: LoadedModel) -> SequenceScorer:
 
 def _parse(
     model: LoadedModel,
-    task: Task,
+    task: Task | Literal["predict"],
     raw_items: Sequence[Any],
     field: str,
     numbers_checked: bool = False,
@@ -341,8 +345,9 @@ def _parse(
     return [parse(raw, f"{field}[{i}]", numbers_checked) for i, raw in enumerate(raw_items)]
 
 
-def _expect(model: LoadedModel, task: Task) -> None:
-    if model.task != task:
+def _expect(model: LoadedModel, task: Task | Literal["predict"]) -> None:
+    """`task` "predict": any head but score (classify, multilabel, regress)."""
+    if model.task != task and (task != "predict" or model.task == "score"):
         raise WrongEndpoint(
             f"model '{model.name}' is a {model.task} model and cannot {task} (it answers "
             f"{model.task} requests)"

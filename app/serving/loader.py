@@ -16,7 +16,7 @@ import torch
 from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
 from app.serving.generation import StepReport, StepScheduler
 from app.serving.onnx_servable import is_onnx, load_onnx_servable, onnx_generator
-from app.serving.servables import AnyServable, SequenceScorer, Task, make_servable
+from app.serving.servables import AnyServable, SequenceScorer, make_servable
 from app.settings import Settings
 from models.architectures import CharLM
 from models.checkpoint import (
@@ -27,6 +27,7 @@ from models.checkpoint import (
     sha256_file,
     weights_path,
 )
+from models.families.base import Task
 from models.probe import check_finite_outputs
 
 

@@ -19,7 +19,8 @@ from app.serving.generation import StepReport, StepScheduler
 from app.serving.servables import AnyServable, SequenceScorer, make_servable
 from app.settings import Settings
 from models.architectures import CharLM
-from models.checkpoint import ModelConfig, VectorInput, read_config
+from models.checkpoint import ModelConfig, read_config
+from models.families import family_of
 from models.onnx_file import Array, OnnxModel, load_onnx
 
 # What the native servable of a config expects its module to return: a vector classifier applies
@@ -51,9 +52,8 @@ def make_onnx_servable(model: OnnxModel, config: ModelConfig) -> AnyServable:
 
 
 def _returns(config: ModelConfig) -> Returns:
-    if config.task == "classify" and isinstance(config.input, VectorInput):
-        return "logits"
-    return "log_probs"
+    """What the servable of this config expects its module to return (the family's word)."""
+    return family_of(config.architecture).output(config.architecture)
 
 
 class OnnxModule(nn.Module):

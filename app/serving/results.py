@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from models.checkpoint import ModelConfig
 
@@ -35,6 +36,44 @@ class ClassScores:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelScores:
+    """A multilabel item: each label's own probability (a sigmoid per label, in label order);
+    the item's labels are those at or above `threshold`."""
+
+    probabilities: list[float]
+    threshold: float
+
+    def chosen(self) -> list[int]:
+        """The indices of the labels at or above the threshold, most likely first."""
+        row = self.probabilities
+        over = [i for i, p in enumerate(row) if p >= self.threshold]
+        return sorted(over, key=row.__getitem__, reverse=True)
+
+    def as_json(self, labels: Sequence[str]) -> dict[str, Any]:
+        """/v1's and KServe V1's form (schema: MultilabelPrediction)."""
+        return {
+            "labels": [labels[i] for i in self.chosen()],
+            "probabilities": dict(zip(labels, self.probabilities, strict=True)),
+            "threshold": self.threshold,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Regression:
+    """A regress item: one real value per named output, in the targets' own units (the
+    training's target scaling undone)."""
+
+    values: list[float]
+
+    def as_json(self, names: Sequence[str]) -> dict[str, Any]:
+        """/v1's and KServe V1's form (schema: RegressionPrediction)."""
+        return {"values": dict(zip(names, self.values, strict=True))}
+
+
+PredictItem = ClassScores | LabelScores | Regression
+
+
+@dataclass(frozen=True, slots=True)
 class SequenceScore:
     """ln P of a string (end-of-sequence included), or of a continuation given its context."""
 
@@ -51,10 +90,14 @@ class SequenceScore:
 
 @dataclass(frozen=True, slots=True)
 class Classification:
+    """The answer of a predict head: `task` classify (items ClassScores), multilabel
+    (LabelScores) or regress (Regression; `labels` are the outputs' names)."""
+
     model: str
     version: str
     labels: Sequence[str]
-    items: list[ClassScores]
+    items: list[Any]  # PredictItem, all of the one kind `task` says
+    task: str = "classify"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,19 +10,21 @@ import math
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
-import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
 from app.errors import InvalidInput, ResultNotFinite
-from app.serving.results import ClassScores, SequenceScore
-from models.checkpoint import ModelConfig, TextInput, VectorInput
-from models.text import CharVocab, normalize
+from app.serving.heads import DEFAULT_THRESHOLD
+from app.serving.results import ClassScores, LabelScores, Regression, SequenceScore
+from models.checkpoint import ModelConfig
+from models.families import family_of
+from models.families.base import CharCodec, Codec, ItemError, Task, WordCodec, padded
+from models.families.base import json_type as _json_type
+from models.families.base import json_type_name as json_type_name
+from models.text import Vocab, normalize
 
-Task = Literal["classify", "score"]
 NOT_FINITE = "the model's {what} for this item are not finite (NaN or infinity)"
 # exp() of more than this overflows a float64 (and more than 88.7 a float32).
 MAX_LOG_PERPLEXITY = math.log(sys.float_info.max)
@@ -51,7 +53,7 @@ class TokenScores:
 class Servable(ABC, Generic[ItemT, OutputT, ResultT]):
     """A model in eval() on its device, its config, and how to feed it."""
 
-    task: ClassVar[Task]
+    task: Task
     # The most JSON values (numbers, strings, arrays, objects) one valid item can be written
     # with: a transport can refuse a body that holds more before it parses it.
     max_item_values: int = 1
@@ -99,183 +101,85 @@ class Servable(ABC, Generic[ItemT, OutputT, ResultT]):
         return tensor
 
 
-Vector = np.ndarray[Any, np.dtype[np.float32]]
-
-
-class Classifier(Servable[ItemT, list[float], ClassScores]):
-    """Output: one row of class probabilities per item."""
-
-    task = "classify"
-
-    def encode(self, item: ItemT, output: list[float]) -> ClassScores:
-        if not all(map(math.isfinite, output)):
-            raise ResultNotFinite(NOT_FINITE.format(what="class probabilities"))
-        return ClassScores(output)
-
-
-class VectorClassifier(Classifier[Vector]):
-    """A classifier over fixed-size float vectors (the MNIST MLP)."""
+class Predictor(Servable[Any, list[float], Any]):
+    """Any family with a predict head: the family's codec checks and batches the items, one
+    forward pass, then the head: classify (softmax over the labels, or exp of a family's
+    log-probabilities), multilabel (a sigmoid per label), regress (target scaling undone)."""
 
     def __init__(
         self, model: nn.Module, config: ModelConfig, device: torch.device, pin_memory: bool = True
     ) -> None:
         super().__init__(model, config, device, pin_memory)
-        assert isinstance(config.input, VectorInput)
-        self.width = math.prod(config.input.shape)
-        layouts = [config.input.shape, *config.input.also_shapes]
-        self.shapes = {(self.width,), *(tuple(shape) for shape in layouts)}
-        self.minimum = config.input.minimum
-        self.maximum = config.input.maximum
-        nested = [" or a " + "x".join(map(str, s)) + " nested list" for s in layouts if len(s) > 1]
-        self.shapes_text = f"{self.width} numbers" + "".join(nested)
-        self.lengths = {shape[0] for shape in self.shapes}
-        # The numbers, plus every array that holds them: 1 + a + a*b for an a x b x c layout.
-        self.max_item_values = self.width + max(
-            sum(math.prod(shape[:depth]) for depth in range(len(shape))) for shape in self.shapes
-        )
+        self.task = config.task
+        family = family_of(config.architecture)
+        self.codec: Codec[Any] = family.codec(config)
+        self.log_probs = family.output(config.architecture) == "log_probs"
+        self.max_item_values = self.codec.max_item_values
+        self.threshold = DEFAULT_THRESHOLD if config.threshold is None else config.threshold
+        scaling = config.target_scaling
+        self.scale = None if scaling is None else torch.tensor(scaling.std, device=device)
+        self.shift = None if scaling is None else torch.tensor(scaling.mean, device=device)
 
-    def parse_item(self, raw: Any, field: str, numbers_checked: bool = False) -> Vector:
-        if not isinstance(raw, list) or not raw:
-            raise InvalidInput(f"{field}: expected {self.shapes_text}, got {_json_type(raw)}")
-        if len(raw) not in self.lengths:  # before looking at each element
-            shape = [len(raw), *([len(raw[0])] if type(raw[0]) is list else [])]
-            raise InvalidInput(f"{field}: expected {self.shapes_text}, got shape {shape}")
-        wrong = set() if numbers_checked else _element_types(raw) - {float, int}
-        if wrong:
-            found = ", ".join(sorted(json_type_name(t) for t in wrong))
-            raise InvalidInput(f"{field}: expected {self.shapes_text}; found {found}")
+    def parse_item(self, raw: Any, field: str, numbers_checked: bool = False) -> Any:
         try:
-            with np.errstate(over="ignore"):  # overflow to inf is reported as "not finite"
-                array = np.array(raw, dtype=np.float32)
-        except ValueError:
-            raise InvalidInput(
-                f"{field}: expected {self.shapes_text}; rows have unequal lengths"
-            ) from None
-        if array.shape not in self.shapes:
-            raise InvalidInput(
-                f"{field}: expected {self.shapes_text}, got shape {list(array.shape)}"
-            )
-        flat = array.reshape(self.width)
-        _check_range(flat, field, self.minimum, self.maximum)
-        return flat
+            return self.codec.parse(raw, field, numbers_checked)
+        except ItemError as exc:
+            raise InvalidInput(str(exc)) from None
 
-    def run(self, items: list[Vector]) -> list[list[float]]:
-        batch = self._to_device(torch.from_numpy(np.stack(items)))
-        probabilities = torch.softmax(self.model(batch), dim=-1)
-        rows: list[list[float]] = probabilities.cpu().tolist()
+    def item_tokens(self, item: Any) -> int:
+        return self.codec.tokens(item)
+
+    def run(self, items: list[Any]) -> list[list[float]]:
+        first, *rest = self.codec.collate(items)  # lengths stay on the CPU
+        out = self.model(self._to_device(first), *rest)
+        if self.task == "classify":
+            out = out.exp() if self.log_probs else torch.softmax(out, dim=-1)
+        elif self.task == "multilabel":
+            out = torch.sigmoid(out)
+        elif self.scale is not None and self.shift is not None:
+            out = out * self.scale + self.shift
+        rows: list[list[float]] = out.cpu().tolist()
         return rows
 
-    def warmup_item(self) -> Vector:
-        return np.zeros(self.width, dtype=np.float32)
+    def encode(self, item: Any, output: list[float]) -> ClassScores | LabelScores | Regression:
+        if not all(map(math.isfinite, output)):
+            what = "outputs" if self.task == "regress" else "class probabilities"
+            raise ResultNotFinite(NOT_FINITE.format(what=what))
+        if self.task == "classify":
+            return ClassScores(output)
+        if self.task == "multilabel":
+            return LabelScores(output, self.threshold)
+        return Regression(output)
 
-
-def _element_types(raw: list[Any]) -> set[type]:
-    """The Python types of the leaves of a list or list of lists (set(map(type, ...)) runs in C)."""
-    if type(raw[0]) is not list:
-        return set(map(type, raw))
-    types: set[type] = set()
-    for row in raw:
-        types |= set(map(type, row)) if type(row) is list else {type(row)}
-    return types
-
-
-def _check_range(flat: Vector, field: str, low: float | None, high: float | None) -> None:
-    # The usual case in two reductions: NaN carries through min and max, an infinity is one of
-    # them; the messages below cost more and only run when something is wrong.
-    lo, hi = float(flat.min()), float(flat.max())
-    if math.isfinite(lo) and math.isfinite(hi):
-        if (low is None or lo >= low) and (high is None or hi <= high):
-            return
-    finite = np.isfinite(flat)
-    if not finite.all():
-        raise InvalidInput(f"{field}: element {int(np.argmin(finite))} is not a finite number")
-    if low is None and high is None:
-        return
-    outside = (flat < (-np.inf if low is None else low)) | (
-        flat > (np.inf if high is None else high)
-    )
-    if outside.any():
-        index = int(np.argmax(outside))
-        raise InvalidInput(
-            f"{field}: element {index} is {flat[index]:g}, outside the range [{low}, {high}]"
-        )
-
-
-# Folding to ASCII removes combining marks, so a string may shrink: a name written with
-# decomposed accents has up to this many characters per letter before it.
-RAW_CHARACTERS_PER_LETTER = 4
-
-
-class CharacterInput:
-    """The string checks shared by the character models: normalization, length, alphabet."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        assert isinstance(config.input, TextInput)
-        self.alphabet = config.input.alphabet
-        self.vocab = CharVocab(config.input.alphabet)
-        self.max_length = config.input.max_length
-        self.normalize_mode = config.input.normalize
-        folds = self.normalize_mode != "none"
-        self.max_raw_length = self.max_length * (RAW_CHARACTERS_PER_LETTER if folds else 1)
-
-    def encode(self, raw: Any, field: str, allow_empty: bool = False) -> list[int]:
-        if not isinstance(raw, str):
-            raise InvalidInput(f"{field}: expected a string, got {_json_type(raw)}")
-        # The cheap limit first: normalization costs time and memory in proportion to the
-        # string (one character can decompose into 18), and runs on the event loop.
-        if len(raw) > self.max_raw_length:
-            raise InvalidInput(
-                f"{field}: the string has {len(raw)} characters; the limit is {self.max_length}"
-            )
-        text = raw if raw.isascii() else normalize(raw, self.normalize_mode)
-        if not text and not allow_empty:
-            raise InvalidInput(f"{field}: the string is empty")
-        if len(text) > self.max_length:
-            raise InvalidInput(
-                f"{field}: the string has {len(text)} characters; the limit is {self.max_length}"
-            )
-        unknown = self.vocab.unknown_chars(text)
-        if unknown:
-            shown = ", ".join(repr(c) for c in unknown[:10])
-            raise InvalidInput(f"{field}: characters outside the model's alphabet: {shown}")
-        return self.vocab.encode(text)
-
-    def warmup_characters(self) -> list[int]:
-        return self.vocab.encode(self.alphabet[:4])
+    def warmup_item(self) -> Any:
+        return self.codec.warmup_items()[0]
 
 
 def _padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of token ids as one zero-padded [B, T] tensor, and their lengths."""
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    padded = pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True)
-    return padded, lengths
+    return padded(rows)
 
 
-class TextClassifier(Classifier[list[int]]):
-    """A classifier over strings (the surname RNN)."""
+class CharacterInput:
+    """The character or word codec, raising InvalidInput (the score head's items are built from
+    it)."""
 
-    def __init__(
-        self, model: nn.Module, config: ModelConfig, device: torch.device, pin_memory: bool = True
-    ) -> None:
-        super().__init__(model, config, device, pin_memory)
-        self.text = CharacterInput(config)
-        # Commas and brackets inside a string count too (the pre-parse count cannot tell).
-        self.max_item_values = 1 + self.text.max_raw_length
+    def __init__(self, config: ModelConfig) -> None:
+        codec = family_of(config.architecture).codec(config)
+        assert isinstance(codec, CharCodec | WordCodec)
+        self.codec: CharCodec | WordCodec = codec
+        self.vocab: Vocab = codec.vocab
+        self.max_length = codec.max_length
+        self.normalize_mode = codec.normalize_mode
+        self.max_raw_length = codec.max_raw_length
 
-    def parse_item(self, raw: Any, field: str, numbers_checked: bool = False) -> list[int]:
-        return self.text.encode(raw, field)
+    def encode(self, raw: Any, field: str, allow_empty: bool = False) -> list[int]:
+        try:
+            return self.codec.encode(raw, field, allow_empty)
+        except ItemError as exc:
+            raise InvalidInput(str(exc)) from None
 
-    def item_tokens(self, item: list[int]) -> int:
-        return len(item)
-
-    def run(self, items: list[list[int]]) -> list[list[float]]:
-        chars, lengths = _padded(items)
-        log_probs = self.model(self._to_device(chars), lengths)
-        rows: list[list[float]] = log_probs.exp().cpu().tolist()
-        return rows
-
-    def warmup_item(self) -> list[int]:
-        return self.text.warmup_characters()
+    def warmup_characters(self) -> list[int]:
+        return self.codec.warmup_characters()
 
 
 class SequenceScorer(Servable[ScoreItem, TokenScores, SequenceScore]):
@@ -382,25 +286,4 @@ def make_servable(
 ) -> AnyServable:
     if config.task == "score":
         return SequenceScorer(model, config, device, pin_memory)
-    if isinstance(config.input, TextInput):
-        return TextClassifier(model, config, device, pin_memory)
-    return VectorClassifier(model, config, device, pin_memory)
-
-
-_JSON_TYPES: dict[type, str] = {
-    dict: "an object",
-    list: "an array",
-    str: "a string",
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-    type(None): "null",
-}
-
-
-def json_type_name(kind: type) -> str:
-    return _JSON_TYPES.get(kind, kind.__name__)
-
-
-def _json_type(value: Any) -> str:
-    return json_type_name(type(value))
+    return Predictor(model, config, device, pin_memory)

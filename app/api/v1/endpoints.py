@@ -19,6 +19,7 @@ from app.api.v1.schemas import (
     parse_score,
 )
 from app.errors import WrongEndpoint
+from app.serving.heads import head_description
 from app.serving.loader import LoadedModel
 from app.serving.results import Classification, Scores, SequenceScore, VersionInfo
 
@@ -68,6 +69,7 @@ def _metadata(info: VersionInfo) -> dict[str, Any]:
             architecture=config.architecture.model_dump(),
             input=config.input.model_dump(),
             labels=config.labels,
+            head=head_description(config),
             data=config.data,
             metrics=config.metrics,
             training=config.training,
@@ -88,6 +90,9 @@ async def predict(call: Call) -> HttpResponse:
 
 def _predictions(result: Classification, top_k: int) -> dict[str, Any]:
     labels = result.labels
+    if result.task != "classify":  # multilabel and regress items give their own form
+        items = [item.as_json(labels) for item in result.items]
+        return {"model": result.model, "version": result.version, "predictions": items}
     top_k = min(top_k, len(labels))
     predictions = []
     for item in result.items:
@@ -137,8 +142,7 @@ async def _model_and_body(call: Call, endpoint: str) -> tuple[LoadedModel, Any, 
     call.plane.require(name, version)  # 404 before a body is read
     raw = await call.body()
     model = await call.plane.bind(name, version, call.ctx, endpoint)
-    task = "classify" if endpoint == "predict" else "score"
-    if model.task != task:
+    if (model.task == "score") != (endpoint == "score"):
         other = "score" if endpoint == "predict" else "predict"
         raise WrongEndpoint(
             f"model '{name}' is a {model.task} model; call /v1/models/{name}/{other}"

@@ -84,6 +84,8 @@ def _instances(body: Any, max_items: int) -> list[Any]:
 
 def _classes(result: Classification) -> list[dict[str, Any]]:
     labels = result.labels
+    if result.task != "classify":  # multilabel and regress items give their own form
+        return [item.as_json(labels) for item in result.items]
     return [
         {"probabilities": item.probabilities, "label": labels[item.best()]} for item in result.items
     ]

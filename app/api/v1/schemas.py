@@ -50,6 +50,20 @@ class Prediction(LabelProbability):
     top_k: list[LabelProbability]
 
 
+class MultilabelPrediction(BaseModel):
+    """A multilabel model's item: a sigmoid per label."""
+
+    labels: list[str] = Field(description="The labels at or above the threshold, likeliest first.")
+    probabilities: dict[str, float] = Field(description="Every label's own probability.")
+    threshold: float
+
+
+class RegressionPrediction(BaseModel):
+    """A regress model's item: each named output in the targets' units (scaling undone)."""
+
+    values: dict[str, float]
+
+
 class PredictResponse(BaseModel):
     # The shipped names-rnn's answer to the first PredictRequest example (rounded).
     model_config = ConfigDict(
@@ -86,7 +100,10 @@ class PredictResponse(BaseModel):
     )
     model: str
     version: str
-    predictions: list[Prediction]
+    predictions: list[Prediction | MultilabelPrediction | RegressionPrediction] = Field(
+        description="One per input: a classify model's label and top_k; a multilabel model's "
+        "labels over its threshold and every label's probability; a regress model's values."
+    )
 
 
 class ScorePair(BaseModel):
@@ -178,6 +195,9 @@ class ModelMetadata(BaseModel):
     architecture: dict[str, Any] | None = None
     input: dict[str, Any] | None = None
     labels: list[str] | None = None
+    head: dict[str, Any] | None = Field(
+        None, description="The head and its input and outputs: enough to build a request."
+    )
     data: dict[str, Any] | None = None
     metrics: dict[str, float] | None = None
     training: dict[str, Any] | None = None

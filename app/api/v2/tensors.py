@@ -21,7 +21,7 @@ from app.serving.dataplane import DataPlane
 from app.serving.loader import LoadedModel
 from app.serving.results import Classification, Scores
 from app.serving.servables import json_type_name
-from models.checkpoint import ModelConfig, TextInput
+from models.checkpoint import ModelConfig, SequenceInput, TextInput, WordsInput
 from models.onnx_schema import OnnxArchitecture
 
 FP32, INT32, BYTES = "FP32", "INT32", "BYTES"
@@ -50,15 +50,31 @@ class Signature:
 
 
 def signature(config: ModelConfig) -> Signature:
-    """The tensors follow from the task and the input kind, never from the model's name."""
-    if isinstance(config.input, TextInput):
+    """The tensors follow from the task and the input kind, never from the model's name.
+
+    Numeric sequences (`[T, F]`, T varying) are one FP32 tensor [N, T, F] of N items of one
+    length; items of other lengths are sent as other requests (each, say, [1, T, F]), as
+    Triton's ragged batching takes them: the dynamic batcher pads them into one forward pass."""
+    spec = config.input
+    if isinstance(spec, TextInput | WordsInput):
         source = TensorSpec("text", BYTES, (-1,))
+    elif isinstance(spec, SequenceInput):
+        source = TensorSpec("input", FP32, (-1, -1, spec.features))
     elif isinstance(config.architecture, OnnxArchitecture):  # the graph's input and item dims
-        source = TensorSpec(config.architecture.input, FP32, (-1, *config.input.shape))
+        source = TensorSpec(config.architecture.input, FP32, (-1, *spec.shape))
     else:
-        source = TensorSpec("input", FP32, (-1, math.prod(config.input.shape)))
+        source = TensorSpec("input", FP32, (-1, math.prod(spec.shape)))
     outputs: tuple[TensorSpec, ...]
-    if config.task == "score":
+    labels = len(config.labels)
+    if config.task == "multilabel":
+        outputs = (
+            TensorSpec("probabilities", FP32, (-1, labels), labelled=True),
+            # 1 where the label's probability is at or above the threshold.
+            TensorSpec("predicted", INT32, (-1, labels), labelled=True),
+        )
+    elif config.task == "regress":
+        outputs = (TensorSpec("values", FP32, (-1, labels), labelled=True),)
+    elif config.task == "score":
         outputs = (
             TensorSpec("log_prob", FP32, (-1,)),
             TensorSpec("num_tokens", INT32, (-1,)),
@@ -111,13 +127,14 @@ def decode_inputs(tensors: Sequence[InputTensor], signature: Signature, max_item
         name = check_name(tensor.name, tensor.where, [*specs], "input")
         if name in decoded:
             raise TensorError(f"input '{name}': given twice")
-        decoded[name] = _decode(tensor, specs[name], max_items)
+        decoded[name] = (_decode(tensor, specs[name], max_items), tensor.shape)
     missing = [n for n in specs if n not in decoded]
     if missing:
         raise TensorError(f"inputs: missing input(s) {missing}")
     # Every model has one input tensor today; the signature allows more.
     spec = signature.inputs[0]
-    return Items(spec.name, _rows(decoded[spec.name], spec), spec.datatype != BYTES)
+    values, shape = decoded[spec.name]
+    return Items(spec.name, _rows(values, spec, shape), spec.datatype != BYTES)
 
 
 def _decode(tensor: InputTensor, spec: TensorSpec, max_items: int) -> Any:
@@ -144,6 +161,8 @@ def _shape(raw: Any, spec: TensorSpec, label: str, max_items: int) -> list[int]:
         raise TensorError(f"{label}: shape {raw} does not match the model's {list(spec.shape)}")
     if raw[0] == 0:
         raise TensorError(f"{label}: shape {raw} holds no items")
+    if len(raw) == 3 and raw[1] == 0:
+        raise TensorError(f"{label}: shape {raw}: a sequence needs at least one step")
     if raw[0] > max_items:
         raise TensorError(f"{label}: {raw[0]} items; the limit is {max_items} per request")
     return raw
@@ -224,10 +243,15 @@ def utf8(raw: bytes, where: str) -> str:
         raise TensorError(f"{where} is not UTF-8 text") from None
 
 
-def _rows(values: Any, spec: TensorSpec) -> list[Any]:
-    """One item per row of the batch dimension."""
+def _rows(values: Any, spec: TensorSpec, shape: list[int]) -> list[Any]:
+    """One item per row of the batch dimension (a sequence: its T rows of F numbers)."""
     if spec.datatype == BYTES:
         return list(values)
+    if len(spec.shape) == 3:
+        steps, features = shape[1], shape[2]
+        with np.errstate(over="ignore"):  # overflow to inf: "not a finite number", per item
+            array = np.asarray(values, dtype=np.float32).reshape(-1, steps, features)
+        return array.tolist()
     width = math.prod(spec.shape[1:])
     if isinstance(values, np.ndarray):
         return values.reshape(-1, width).tolist()
@@ -296,6 +320,14 @@ async def infer(
 
 
 def classify_outputs(result: Classification) -> dict[str, Any]:
+    if result.task == "multilabel":
+        rows = np.asarray([item.probabilities for item in result.items], dtype=np.float32)
+        over = np.asarray([item.probabilities for item in result.items]) >= np.asarray(
+            [[item.threshold] for item in result.items]
+        )
+        return {"probabilities": rows, "predicted": over.astype(np.int32)}
+    if result.task == "regress":
+        return {"values": _fp32_rows([item.values for item in result.items], "values")}
     probabilities = np.asarray([item.probabilities for item in result.items], dtype=np.float32)
     labels = result.labels
     return {
@@ -312,6 +344,15 @@ def score_outputs(result: Scores, field: str) -> dict[str, Any]:
         "num_tokens": np.asarray([s.num_tokens for s in items], dtype=np.int32),
         "perplexity": _fp32([s.perplexity or 0.0 for s in items], "perplexity", field),
     }
+
+
+def _fp32_rows(rows: list[list[float]], name: str) -> Any:
+    """Rows as FP32; a value beyond FP32's range (a regression's, scaled) is an error."""
+    limit = float(np.finfo(np.float32).max)
+    for i, row in enumerate(rows):
+        if any(abs(v) > limit for v in row):
+            raise ResultNotFinite(f"item {i}: {name} beyond the FP32 range")
+    return np.asarray(rows, dtype=np.float32)
 
 
 def _fp32(values: list[float], name: str, field: str) -> Any:
