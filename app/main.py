@@ -98,13 +98,18 @@ class Application:
         admin = None
         if keys.admin:
             admin = [bearer_key(keys.admin, "AdminKey", "BATCHSERVE_ADMIN_API_KEY.")]
-        app.include_router(v1.router(plane, bodies, user))
-        app.include_router(kserve_v1.router(plane, bodies, user))
-        app.include_router(v2.router(plane, bodies, user, admin))
-        app.include_router(openai.router(plane, bodies, user))
-        app.include_router(
-            ops.router(self.metrics, plane, user if settings.protect_metrics else [])
-        )
+        routers = [
+            v1.router(plane, bodies, user),
+            kserve_v1.router(plane, bodies, user),
+            v2.router(plane, bodies, user, admin),
+            openai.router(plane, bodies, user),
+            ops.router(self.metrics, plane, user if settings.protect_metrics else []),
+        ]
+        # The protocols' routes go straight into the app's router, as include_router would put
+        # them with no prefix and no dependencies of its own, but without its lazy per-request
+        # walk of each included router (~30 us per request on a predict of 300 us).
+        for router in routers:
+            app.router.routes.extend(router.routes)
         install_docs(app)
         install_error_handlers(app)
         cached: dict[str, Any] = {}

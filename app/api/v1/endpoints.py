@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
 from pydantic import TypeAdapter
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from app.api.context import DEADLINE_HEADER
@@ -64,6 +65,22 @@ Timeout = Annotated[
 ]
 
 
+class SegmentConvertor(Convertor[str]):
+    """A path segment without a colon: /v1/models/x:predict is KServe's predict of model x, not
+    the metadata of a model named "x:predict" (no model name or version has a colon)."""
+
+    regex = "[^/:]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("segment", SegmentConvertor())
+
+
 def router(plane: DataPlane, bodies: BodySchemas, guard: list[Any]) -> APIRouter:
     """The /v1 operations, each behind `guard` (the user key's dependency, when one is set)."""
     settings = plane.settings
@@ -85,7 +102,7 @@ def router(plane: DataPlane, bodies: BodySchemas, guard: list[Any]) -> APIRouter
         return json_response({"models": plane.models()})
 
     @api.get(
-        "/v1/models/{name}",
+        "/v1/models/{name:segment}",
         summary="Model metadata",
         response_model=ModelMetadata,
         responses=metadata_errors,
@@ -94,7 +111,7 @@ def router(plane: DataPlane, bodies: BodySchemas, guard: list[Any]) -> APIRouter
         return json_response(_metadata(plane.describe(name, None)))
 
     @api.get(
-        "/v1/models/{name}/versions/{version}",
+        "/v1/models/{name}/versions/{version:segment}",
         summary="Version metadata",
         response_model=ModelMetadata,
         responses=metadata_errors,
