@@ -48,7 +48,7 @@ def _post(url: str, path: str, body: Any) -> httpx.Response:
 
 
 def test_784_objects_are_a_422_naming_the_first_element(url: str) -> None:
-    body = {"inputs": [[{}] * 784]}
+    body: dict[str, Any] = {"inputs": [[{}] * 784]}
     response = _post(url, "/v1/models/mnist-mlp/predict", body)
     assert response.status_code == 422
     _refused(response, "inputs[0][0]", "expected a number", "found an object")
