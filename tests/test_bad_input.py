@@ -55,18 +55,18 @@ def test_number_beyond_float32_is_422_naming_the_element(client: httpx.Client) -
     _error(response, 422, "inputs[0]", "element 783", "not a finite number")
 
 
-# Pydantic's JSON parser reads 1e999 as infinity and NaN as a number; the schema's numbers are
-# finite, so both are a 422 naming the element (orjson refused them as malformed JSON, a 400).
+# Pydantic's JSON parser reads 1e999 as infinity and NaN as a number; the model takes finite
+# numbers only, so both are a 422 naming the element (orjson refused them as malformed JSON).
 def test_infinity_literal_is_refused_naming_the_element(client: httpx.Client) -> None:
     body = b'{"inputs": [[' + b",".join([b"0.5"] * 783 + [b"1e999"]) + b"]]}"
     response = client.post("/v1/models/mnist-mlp/predict", content=body)
-    _error(response, 422, "inputs[0][783]", "finite")
+    _error(response, 422, "inputs[0]", "element 783", "not a finite number")
 
 
 def test_nan_literal_is_refused_naming_the_element(client: httpx.Client) -> None:
     body = b'{"inputs": [[NaN' + b", 0.5" * 783 + b"]]}"
     response = client.post("/v1/models/mnist-mlp/predict", content=body)
-    _error(response, 422, "inputs[0][0]", "finite")
+    _error(response, 422, "inputs[0]", "element 0", "not a finite number")
 
 
 @pytest.mark.parametrize(
