@@ -66,10 +66,10 @@ Timeout = Annotated[
 
 
 class SegmentConvertor(Convertor[str]):
-    """A path segment without a colon: /v1/models/x:predict is KServe's predict of model x, not
-    the metadata of a model named "x:predict" (no model name or version has a colon)."""
+    """A path segment that does not end in ":predict": /v1/models/x:predict is KServe's predict
+    of model x (405 to a GET), not the metadata of a model named "x:predict"."""
 
-    regex = "[^/:]+"
+    regex = "[^/]+(?<!:predict)"
 
     def convert(self, value: str) -> str:
         return value
