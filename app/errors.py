@@ -1,5 +1,5 @@
 """Typed domain errors. Each carries the HTTP status and a stable machine-readable code; the
-transports map them to their own answers in one place each (`app.api.router` for HTTP)."""
+transports map them to their own answers in one place each (`app.api.routing` for HTTP)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The application factory: `create_app(settings)` wires the serving core (registry, data plane)
-to the HTTP transport (endpoint table, front, docs site). Nothing happens at import time; models
-load in the lifespan."""
+to the HTTP transport, a FastAPI app: an APIRouter per protocol, the middleware around every
+request, the exception handlers and the docs pages. Nothing happens at import time; models load
+in the lifespan."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import torch
 from fastapi import FastAPI
@@ -17,12 +19,13 @@ from starlette.types import Receive, Scope, Send
 from app import __version__
 from app.api import ops, playground
 from app.api.context import Accounting, Keys
-from app.api.docs import SITE_PATHS, docs_site
+from app.api.docs import install_docs
 from app.api.grpc.server import GrpcServer
 from app.api.health import HealthServer
+from app.api.middleware import CompressionMiddleware, RequestBodyMiddleware, RequestMiddleware
 from app.api.openai import endpoints as openai
-from app.api.openapi import openapi_document
-from app.api.router import Endpoint, HttpFront, Routes
+from app.api.routing import bearer_key, install_error_handlers
+from app.api.schema import BodySchemas, openapi_document
 from app.api.v1 import endpoints as v1
 from app.api.v1 import kserve as kserve_v1
 from app.api.v2 import endpoints as v2
@@ -70,34 +73,69 @@ class Application:
         self.lifecycle = Lifecycle()
         registry = ModelRegistry(settings, self._observe_batch, self._observe_step)
         self.plane = DataPlane(settings, registry, lifecycle=self.lifecycle)
-        self.keys = keys = Keys.from_settings(settings)
+        self.keys = Keys.from_settings(settings)
         self.accounting = Accounting(self.metrics, settings.access_log)
-        self.endpoints: list[Endpoint] = [
-            *v1.table(),
-            *kserve_v1.table(),
-            *v2.table(with_repository=bool(keys.admin)),
-            *openai.table(),
-            *ops.table(self.metrics),
-        ]
         self.health_port: int | None = None
         self.grpc_port: int | None = None
         self._grpc: GrpcServer | None = None
-        site = docs_site(self.openapi, self._lifespan)
-        site.include_router(playground.router)
-        self.front = HttpFront(
-            Routes(self.endpoints),
-            self.plane,
-            keys,
-            self.accounting,
-            fallback=site,
-            fallback_paths=tuple(p.encode() for p in (*SITE_PATHS, *playground.PATHS)),
+        self.fastapi = self._fastapi()
+
+    def _fastapi(self) -> FastAPI:
+        settings, plane = self.settings, self.plane
+        app = FastAPI(
+            title=TITLE,
+            version=__version__,
+            description=DESCRIPTION,
+            lifespan=self._lifespan,
+            docs_url=None,  # install_docs serves them without a CDN
+            redoc_url=None,
+            # batchserve exports its own Prometheus metrics; no OpenTelemetry work per request.
+            telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
         )
+        app.state.plane = plane
+        keys, bodies = self.keys, BodySchemas()
+        user: list[Any] = []
+        if keys.user:
+            user = [bearer_key(keys.user, "UserKey", "An API key of BATCHSERVE_API_KEYS.")]
+        admin = None
+        if keys.admin:
+            admin = [bearer_key(keys.admin, "AdminKey", "BATCHSERVE_ADMIN_API_KEY.")]
+        routers = [
+            v1.router(plane, bodies, user),
+            kserve_v1.router(plane, bodies, user),
+            v2.router(plane, bodies, user, admin),
+            openai.router(plane, bodies, user),
+            ops.router(self.metrics, plane, user if settings.protect_metrics else []),
+        ]
+        # The protocols' routes go straight into the app's router, as include_router would put
+        # them with no prefix and no dependencies of its own, but without its lazy per-request
+        # walk of each included router (~30 us per request on a predict of 300 us).
+        for router in routers:
+            app.router.routes.extend(router.routes)
+        app.router.routes.extend(playground.router.routes)
+        install_docs(app)
+        install_error_handlers(app)
+        cached: dict[str, Any] = {}
+
+        def openapi() -> dict[str, Any]:
+            if not cached:
+                cached.update(openapi_document(app, bodies, TITLE, __version__, DESCRIPTION))
+            return cached
+
+        app.openapi = openapi  # type: ignore[method-assign]
+        # The first added is the innermost.
+        app.add_middleware(RequestBodyMiddleware, max_body_bytes=settings.max_body_bytes)
+        app.add_middleware(CompressionMiddleware)
+        app.add_middleware(
+            RequestMiddleware, accounting=self.accounting, max_body_bytes=settings.max_body_bytes
+        )
+        return app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.front(scope, receive, send)
+        await self.fastapi(scope, receive, send)
 
-    def openapi(self) -> dict[str, object]:
-        return openapi_document(self.endpoints, TITLE, __version__, DESCRIPTION)
+    def openapi(self) -> dict[str, Any]:
+        return self.fastapi.openapi()
 
     def _observe_batch(self, model: LoadedModel, report: BatchReport) -> None:
         self.plane.observe_batch(model, report)

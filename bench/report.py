@@ -139,6 +139,20 @@ def _targets(results: dict[str, Any]) -> list[str]:
             f"floor's {floor['rps']:,.0f} (target 0.8x: {_met(ratio >= 0.8)}); p99 {p99:.1f} "
             f"ms against the floor's {floor_p99:.1f} ms ({_met(p99 <= floor_p99)})."
         )
+    for endpoint in results["settings"]["endpoints"]:
+        ours = _row(results, "batchserve", endpoint, top)
+        floors = [(n, _row(results, n, endpoint, top)) for n in ("fastapi-floor", "raw-floor")]
+        shown = [
+            f"{ours['rps'] / row['rps']:.2f}x the {name}'s {row['rps']:,.0f}"
+            for name, row in floors
+            if ours and row
+        ]
+        if ours and shown:
+            out.append(
+                f"- `{endpoint}` at c={top}: batchserve {ours['rps']:,.0f} req/s = "
+                + "; ".join(shown)
+                + " (FastAPI route validating from the bytes; bare ASGI app)."
+            )
     out += _one_core_bound(results, top)
     for endpoint in results["settings"]["endpoints"]:
         rounds = sorted({r.get("round", 1) for r in results["runs"] if r["concurrency"] == 1})

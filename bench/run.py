@@ -35,8 +35,9 @@ ENDPOINTS = {
     "predict": ("mnist-mlp", "/v1/models/mnist-mlp/predict"),
     "score": ("names-lm", "/v1/models/names-lm/score"),
 }
-SERVER_NAMES = ("batchserve", "baseline", "floor", "raw-floor")
-FLOORS = ("floor", "raw-floor")  # constant answers: not compared with batchserve's
+SERVER_NAMES = ("batchserve", "baseline", "floor", "fastapi-floor", "raw-floor")
+# Constant answers: not compared with batchserve's.
+FLOORS = ("floor", "fastapi-floor", "raw-floor")
 START_MARK, END_MARK = "<!-- run:start -->", "<!-- run:end -->"
 PACKAGES = ("torch", "fastapi", "starlette", "pydantic", "uvicorn", "uvloop", "httptools")
 

@@ -93,6 +93,14 @@ def specs(
             _health_ready,
         ),
         ServerSpec(
+            "fastapi-floor",
+            "`bench/fastapi_floor_app.py`: a FastAPI route validating batchserve's request "
+            "models from the bytes (model_validate_json), pre-encoded constant answer, no model",
+            [*_UVICORN, "bench.fastapi_floor_app:create_app"],
+            common,
+            _health_ready,
+        ),
+        ServerSpec(
             "raw-floor",
             "`bench/raw_floor_app.py`: a bare ASGI app, orjson parses the body, constant "
             "answer, no validation, no model",

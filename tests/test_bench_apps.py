@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from bench import hostile, servers
 from bench.baseline_app import create_app as create_baseline
+from bench.fastapi_floor_app import create_app as create_fastapi_floor
 from bench.floor_app import create_app as create_floor
 from bench.raw_floor_app import create_app as create_raw_floor
 from tests.conftest import live_server, settings_for, write_tiny_repository
@@ -78,7 +79,11 @@ async def test_baseline_scores_what_batchserve_scores(
         assert mine["perplexity"] == pytest.approx(theirs["perplexity"], rel=1e-4)
 
 
-@pytest.mark.parametrize("create", [create_floor, create_raw_floor], ids=["fastapi", "raw"])
+@pytest.mark.parametrize(
+    "create",
+    [create_floor, create_fastapi_floor, create_raw_floor],
+    ids=["fastapi", "fastapi-from-bytes", "raw"],
+)
 async def test_floor_answers_in_batchserve_shape(
     batchserve: str, create: Callable[[], Callable[..., Any]]
 ) -> None:
@@ -97,9 +102,9 @@ async def test_floor_answers_in_batchserve_shape(
 
 
 async def test_baseline_and_floor_validate_the_body_with_pydantic(repository: Path) -> None:
-    for app in (create_baseline(repository), create_floor()):
+    for app in (create_baseline(repository), create_floor(), create_fastapi_floor()):
         http = client(app)
-        assert (await http.post(PREDICT, json={"inputs": ["not numbers"]})).status_code == 422
+        assert (await http.post(PREDICT, json={"inputs": [{"not": "numbers"}]})).status_code == 422
         assert (await http.post(SCORE, json={"inputs": [1, 2]})).status_code == 422
 
 

@@ -267,7 +267,7 @@ def test_the_tokenizer_endpoints_round_trip_the_special_tokens(url: str) -> None
         ({"prompt": "Sm", "logprobs": 6}, 400, "logprobs", "the limit is 5"),
         ({"prompt": "Sm", "n": 17}, 400, "n", "the limit is 16"),
         ({"prompt": "Sm", "stop": 7}, 400, "stop", ""),
-        ({"prompt": "Sm", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
+        ({"prompt": "Sm", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "the limit is 4"),
         ({"prompt": "Sm", "temperature": "hot"}, 400, "temperature", ""),
         ({"prompt": "Sm", "max_tokens": "8"}, 400, "max_tokens", ""),
         ({"prompt": "Sm", "best_of": 3}, 400, "best_of", ""),

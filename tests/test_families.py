@@ -466,7 +466,7 @@ def test_bad_numeric_sequences_over_v2_are_refused_naming_the_problem(
     [
         ([], "expected an array of 1 to"),
         ([[1.0, 2.0, "x"]], "found a string"),
-        ([[[1.0, 2.0, 3.0]]], "got shape [1, 1, 3]"),
+        ([[[1.0, 2.0, 3.0]]], "expected a number, found an array"),
         ([[1.0, 2.0, 3.0], [1.0]], "unequal lengths"),
         ([[True, 2.0, 3.0]], "found a boolean"),
         ("a string", "got a string"),

@@ -49,9 +49,13 @@ def test_the_binary_infer_request_declares_its_header_and_body_layout(
     document: dict[str, Any], path: str
 ) -> None:
     operation = document["paths"][path]["post"]
-    (header,) = [p for p in operation["parameters"] if p["in"] == "header"]
-    assert header["name"] == "Inference-Header-Content-Length" and not header["required"]
-    assert header["schema"]["type"] == "integer"
+    headers = {p["name"]: p for p in operation["parameters"] if p["in"] == "header"}
+    assert set(headers) == {"Inference-Header-Content-Length", "X-Request-Timeout-Ms"}
+    header = headers["Inference-Header-Content-Length"]
+    assert not header["required"]
+    # ASCII digits (a typed header parameter: its text, with the pattern it must match).
+    (digits,) = [s for s in header["schema"]["anyOf"] if s["type"] == "string"]
+    assert digits["pattern"] == "^[0-9]{1,18}$"
     body = operation["requestBody"]
     assert set(body["content"]) == {"application/json", "application/octet-stream"}
     assert (

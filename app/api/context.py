@@ -1,6 +1,7 @@
 """What every transport does around a request, as plain functions: check the bearer key, read the
 deadline, pick the request id, and record the finished request in the metrics and the access
-log. HTTP calls them from `app.api.router`; gRPC from `app.api.grpc.interceptor`."""
+log. HTTP calls them from `app.api.routing` and `app.api.middleware`; gRPC from
+`app.api.grpc.interceptor`."""
 
 from __future__ import annotations
 

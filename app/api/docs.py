@@ -1,16 +1,11 @@
-"""The documentation site, a FastAPI app behind the HTTP front: `/openapi.json`, and the `/docs`
-(Swagger UI) and `/redoc` pages served with their JS and CSS from batchserve itself (the service
-often runs where no CDN can be reached, and its docs must work there too). It also answers, in
-batchserve's JSON error shape, every path that is neither an endpoint nor a page."""
+"""The documentation pages: `/docs` (Swagger UI) and `/redoc`, served with their JS and CSS from
+batchserve itself (the service often runs where no CDN can be reached, and its docs must work
+there too), beside FastAPI's `/openapi.json`."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import (
@@ -19,12 +14,7 @@ from fastapi.openapi.docs import (
     get_swagger_ui_oauth2_redirect_html,
 )
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException
-from starlette.responses import HTMLResponse, Response
-
-from app.api.http import error_body
-
-log = logging.getLogger("batchserve")
+from starlette.responses import HTMLResponse
 
 # fastapi-offline ships the swagger-ui-dist bundle and the redoc standalone build: files only.
 ASSETS_DIR = Path(str(files("fastapi_offline") / "static"))
@@ -33,8 +23,6 @@ DOCS_URL = "/docs"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 REDOC_URL = "/redoc"
 OPENAPI_URL = "/openapi.json"
-# What the site serves; every other path is the HTTP front's.
-SITE_PATHS = (DOCS_URL, REDOC_URL, OPENAPI_URL, ASSETS_URL)
 # The browser enforces "nothing from elsewhere": it blocks, for one, the Redocly logo that redoc
 # fetches from its CDN (the logo then hides itself). Inline scripts are the pages' own set-up code;
 # redoc's search runs in a blob: worker.
@@ -42,48 +30,6 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
 )
-
-
-def docs_site(
-    document: Callable[[], dict[str, Any]],
-    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]],
-) -> FastAPI:
-    """The site; `document()` gives the OpenAPI document (made once, on the first request)."""
-    app = FastAPI(
-        lifespan=lifespan,
-        docs_url=None,  # install_docs serves them without a CDN
-        redoc_url=None,
-        # batchserve exports its own Prometheus metrics; no OpenTelemetry work per request.
-        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
-    )
-    cached: dict[str, Any] = {}
-
-    def openapi() -> dict[str, Any]:
-        if not cached:
-            cached.update(document())
-        return cached
-
-    app.openapi = openapi  # type: ignore[method-assign]
-    install_docs(app)
-    _install_error_handlers(app)
-    return app
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = "not_found" if exc.status_code == 404 else "http_error"
-        body = error_body(str(exc.detail), code)
-        return Response(body, exc.status_code, exc.headers, media_type="application/json")
-
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        # The promise is "never a 500 for any input"; reaching here is a bug, logged with its trace.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        body = error_body(f"internal error: {type(exc).__name__}", "internal")
-        return Response(body, 500, media_type="application/json")
-
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)
 
 
 def install_docs(app: FastAPI) -> None:

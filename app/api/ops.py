@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from app.api.http import HttpResponse
-from app.api.router import Call, Endpoint
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from app.api.routing import ServiceRoute, served_while_draining
+from app.api.schema import errors
 from app.metrics import Metrics
 from app.serving.dataplane import DataPlane
 from app.serving.results import ModelState
 
-PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class PrometheusText(Response):
+    media_type = PROMETHEUS_TEXT
 
 
 def observe_models(metrics: Metrics, plane: DataPlane) -> None:
@@ -21,22 +30,24 @@ def observe_models(metrics: Metrics, plane: DataPlane) -> None:
             metrics.model_state.labels(name, version, each.value).set(state is each)
 
 
-def table(metrics: Metrics) -> list[Endpoint]:
-    async def prometheus_metrics(call: Call) -> HttpResponse:
-        observe_models(metrics, call.plane)
-        return HttpResponse(metrics.render(), content_type=PROMETHEUS_TEXT)
+def router(metrics: Metrics, plane: DataPlane, guard: list[Any]) -> APIRouter:
+    """/metrics, behind `guard` (the user key, with BATCHSERVE_PROTECT_METRICS)."""
+    api = APIRouter(route_class=ServiceRoute, tags=["operations"])
 
-    return [
-        Endpoint(
-            "GET",
-            "/metrics",
-            prometheus_metrics,
-            "Prometheus metrics",
-            ("operations",),
-            auth="metrics",
-            served_while_draining=True,
-            errors={401: "Missing or wrong API key (only with BATCHSERVE_PROTECT_METRICS)"},
-            docs={"produces": "text/plain"},
-            operation="metrics",
-        )
-    ]
+    @api.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PrometheusText,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            **errors({401: "Missing or wrong API key (only with BATCHSERVE_PROTECT_METRICS)"}),
+        },
+        dependencies=guard,
+        name="metrics",
+    )
+    @served_while_draining
+    async def metrics_text() -> Response:
+        observe_models(metrics, plane)
+        return PrometheusText(metrics.render())
+
+    return api

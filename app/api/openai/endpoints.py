@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
-from typing import Any
-from urllib.parse import parse_qs
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from fastapi import APIRouter, Query, Request
+from pydantic import TypeAdapter
+from starlette.responses import Response
 
-from app.api.http import HttpResponse, HttpStream, json_response, parse_json
+from app.api.http import EventStream, json_response
 from app.api.openai.schemas import (
     CompletionRequestBody,
     CompletionResponseBody,
@@ -26,7 +26,9 @@ from app.api.openai.schemas import (
     TokenizeResponse,
     TokenizerInfo,
 )
-from app.api.router import Call, Endpoint
+from app.api.routing import ServiceRoute, inference, json_body
+from app.api.schema import BodySchemas, errors
+from app.api.v1.endpoints import Timeout
 from app.errors import InvalidInput, ServiceError
 from app.serving.completions import (
     ChoiceStream,
@@ -35,24 +37,13 @@ from app.serving.completions import (
     CompletionRequest,
     CompletionToken,
 )
+from app.serving.dataplane import DataPlane
 from app.serving.loader import LoadedModel
 from app.serving.servables import SequenceScorer
 from models.sampling import SamplingParams
 
 MAX_STOP_STRINGS = 4
 SSE = b"text/event-stream"
-# pydantic's error types for a value of the right type past a bound.
-_BOUNDS = {
-    "greater_than",
-    "greater_than_equal",
-    "less_than",
-    "less_than_equal",
-    "finite_number",
-    "too_long",
-    "too_short",
-    "string_too_long",
-    "string_too_short",
-}
 
 
 def openai_error(message: str, code: str) -> bytes:
@@ -63,46 +54,39 @@ def openai_error(message: str, code: str) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
+class OpenAIRoute(ServiceRoute):
+    """Errors in OpenAI's shape, invalid input answered 400, as OpenAI's API does."""
+
+    error_format = staticmethod(openai_error)
+    invalid_input_status = 400
+
+
 # Fields of several accepted shapes: one message instead of one per shape tried.
-_SHAPES = {
+COMPLETION_SHAPES = {
     "prompt": "expected a text, a list of texts, a list of token ids or a list of such lists",
     "stop": "expected a string or a list of strings",
 }
 
 
-def _body(raw: bytes, schema: type[BaseModel]) -> Any:
-    """The body as `schema`, or a 400 naming the fields that are wrong (the first problem of
-    each)."""
-    try:
-        return schema.model_validate(parse_json(raw))
-    except ValidationError as exc:
-        problems: dict[str, str] = {}
-        # A value past a bound says the bound, before the shapes it did not match.
-        for error in sorted(exc.errors(), key=lambda e: e["type"] not in _BOUNDS):
-            field = str(error["loc"][0]) if error["loc"] else "body"
-            bound = error["type"] in _BOUNDS
-            problems.setdefault(field, error["msg"] if bound else _SHAPES.get(field, error["msg"]))
-        shown = [f"{field}: {problem}" for field, problem in list(problems.items())[:3]]
-        raise InvalidInput("; ".join(shown)) from None
-
-
 # -- completions --------------------------------------------------------------------------------
 
 
-async def completions(call: Call) -> HttpResponse | HttpStream:
-    body: CompletionRequestBody = _body(await call.body(), CompletionRequestBody)
-    plane, ctx = call.plane, call.ctx
+async def _complete(
+    plane: DataPlane, request: Request, body: CompletionRequestBody, timeout: str | None
+) -> Response:
+    ctx = inference(request, "", timeout)
     model = plane.language_model(body.model)
     await plane.bind(model.name, model.version, ctx, "completions")
-    request = _request(call, model, body)
+    settings = plane.settings
+    completion = _request(plane, settings.max_items_per_request, model, body)
     created, ident = int(time.time()), f"cmpl-{ctx.request_id}"
-    prompt_tokens = sum(len(p) for p in request.prompts)
+    prompt_tokens = sum(len(p) for p in completion.prompts)
     if body.stream:
-        streams = plane.complete(model, request, ctx)
+        streams = plane.complete(model, completion, ctx)
         usage = body.stream_options is not None and body.stream_options.include_usage
         head = {"id": ident, "object": "text_completion", "created": created, "model": model.name}
-        return HttpStream(_events(streams, head, prompt_tokens, usage, body.logprobs), SSE)
-    choices = await plane.complete_all(model, request, ctx)
+        return EventStream(_events(streams, head, prompt_tokens, usage, body.logprobs))
+    choices = await plane.complete_all(model, completion, ctx)
     completed = sum(c.completion_tokens for c in choices)
     return json_response(
         {
@@ -116,9 +100,11 @@ async def completions(call: Call) -> HttpResponse | HttpStream:
     )
 
 
-def _request(call: Call, model: LoadedModel, body: CompletionRequestBody) -> CompletionRequest:
-    settings = call.settings
-    prompts = _prompts(call, model, body.prompt)
+def _request(
+    plane: DataPlane, limit: int, model: LoadedModel, body: CompletionRequestBody
+) -> CompletionRequest:
+    settings = plane.settings
+    prompts = _prompts(plane, limit, model, body.prompt)
     if body.n > settings.max_completion_choices:
         raise InvalidInput(f"n: {body.n}; the limit is {settings.max_completion_choices}")
     if len(prompts) * body.n > settings.max_items_per_request:
@@ -143,14 +129,12 @@ def _request(call: Call, model: LoadedModel, body: CompletionRequestBody) -> Com
     )
 
 
-def _prompts(call: Call, model: LoadedModel, prompt: Any) -> list[list[int]]:
+def _prompts(plane: DataPlane, limit: int, model: LoadedModel, prompt: Any) -> list[list[int]]:
     """Every prompt as token ids: a text, texts, token ids, or lists of token ids."""
-    plane = call.plane
     if isinstance(prompt, str):
         return [plane.tokenize(model, prompt, "prompt")]
     if not prompt:
         raise InvalidInput("prompt: an empty array; send a text or token ids")
-    limit = call.settings.max_items_per_request
     if isinstance(prompt[0], str | list) and len(prompt) > limit:
         raise InvalidInput(f"prompt: {len(prompt)} prompts; the limit is {limit} per request")
     if isinstance(prompt[0], str):
@@ -242,104 +226,111 @@ def _event(payload: dict[str, Any]) -> bytes:
 # -- the tokenizer ------------------------------------------------------------------------------
 
 
-def _model_of(call: Call, name: str | None) -> tuple[LoadedModel, SequenceScorer]:
-    model = call.plane.language_model(name)
+def _model_of(plane: DataPlane, name: str | None) -> tuple[LoadedModel, SequenceScorer]:
+    model = plane.language_model(name)
     assert isinstance(model.servable, SequenceScorer)
     return model, model.servable
 
 
-async def tokenizer_info(call: Call) -> HttpResponse:
-    query = parse_qs(call.scope.get("query_string", b"").decode("latin-1"))
-    model, scorer = _model_of(call, (query.get("model") or [None])[0])
-    vocab = scorer.vocab
-    return json_response(
-        {
-            "model": model.name,
-            "eos_token": vocab.token(vocab.eos),
-            "bos_token": vocab.token(vocab.bos),
-            "pad_token": None,
-            "model_max_length": scorer.max_length + 2,
-            "vocab_size": vocab.lm_vocab_size,
-        }
-    )
+ERRORS = {
+    400: "Invalid request: the message names the field",
+    401: "Missing or wrong API key",
+    404: "Unknown model",
+    413: "Body too large",
+    415: "A body that is not JSON, or in an unsupported Content-Encoding",
+    503: "Queue full (with Retry-After), model not ready, or shutting down",
+    504: "The X-Request-Timeout-Ms deadline passed before the work started",
+}
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A chunk in the answer's shape, as JSON; `[DONE]` ends the stream.",
+        },
+        "event": {"type": "string"},
+    },
+    "required": ["data"],
+}
+STREAM_ANSWER = {
+    "description": "Successful Response. With stream: server-sent events, `data: <a chunk in "
+    "the response's shape>` per generated token, then `data: [DONE]`.",
+    "content": {"text/event-stream": {"schema": SSE_EVENT}},
+}
+ModelQuery = Annotated[
+    str | None, Query(description="The language model (default: the server's only one).")
+]
 
 
-async def tokenize(call: Call) -> HttpResponse:
-    body: TokenizeBody = _body(await call.body(), TokenizeBody)
-    model, scorer = _model_of(call, body.model)
-    tokens = call.plane.tokenize(model, body.prompt, "prompt")
-    if body.add_special_tokens and tokens[:1] != [scorer.vocab.bos]:
-        tokens = [scorer.vocab.bos, *tokens]
-    return json_response(
-        {"tokens": tokens, "count": len(tokens), "max_model_len": scorer.max_length + 2}
-    )
+def router(plane: DataPlane, bodies: BodySchemas, guard: list[Any]) -> APIRouter:
+    """/v1/completions and the tokenizer endpoints, behind `guard`."""
+    api = APIRouter(route_class=OpenAIRoute, tags=["completions (OpenAI)"], dependencies=guard)
+    completion_bodies: TypeAdapter[CompletionRequestBody] = TypeAdapter(CompletionRequestBody)
+    tokenize_bodies: TypeAdapter[TokenizeBody] = TypeAdapter(TokenizeBody)
+    detokenize_bodies: TypeAdapter[DetokenizeBody] = TypeAdapter(DetokenizeBody)
 
+    def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
+        return errors({s: ERRORS[s] for s in statuses}, OpenAIError)
 
-async def detokenize(call: Call) -> HttpResponse:
-    body: DetokenizeBody = _body(await call.body(), DetokenizeBody)
-    model, _ = _model_of(call, body.model)
-    return json_response({"prompt": call.plane.detokenize(model, body.tokens, "tokens")})
-
-
-def table() -> list[Endpoint]:
-    tags = ("completions (OpenAI)",)
-    errors = {
-        400: "Invalid request: the message names the field",
-        401: "Missing or wrong API key",
-        404: "Unknown model",
-        413: "Body too large",
-        503: "Queue full (with Retry-After), model not ready, or shutting down",
-        504: "The X-Request-Timeout-Ms deadline passed before the work started",
-    }
-    create = Endpoint(
-        "POST",
+    @api.post(
         "/v1/completions",
-        completions,
-        "Complete or score text (OpenAI completions API; stream: server-sent events)",
-        tags,
-        inference=True,
-        invalid_input_status=400,
-        error_format=openai_error,
-        request_schema=CompletionRequestBody,
-        response_schema=CompletionResponseBody,
-        errors=errors,
-        docs={"stream": True, "error_schema": OpenAIError},
+        summary="Complete or score text (OpenAI completions API; stream: server-sent events)",
+        response_model=CompletionResponseBody,
+        responses={200: STREAM_ANSWER, **answers(*ERRORS)},
+        openapi_extra=bodies(CompletionRequestBody),
     )
-    tokens = replace(
-        create,
-        path="/tokenize",
-        handler=tokenize,
+    async def completions(request: Request, timeout: Timeout = None) -> Response:
+        body = await json_body(request, completion_bodies, shapes=COMPLETION_SHAPES)
+        return await _complete(plane, request, body, timeout)
+
+    @api.post(
+        "/tokenize",
         summary="Token ids of a text (the character vocabulary; '<s>' and '</s>' are special)",
-        inference=False,
-        request_schema=TokenizeBody,
-        response_schema=TokenizeResponse,
-        errors={s: errors[s] for s in (400, 401, 404, 413, 503)},
-        docs={"error_schema": OpenAIError},
+        response_model=TokenizeResponse,
+        responses=answers(400, 401, 404, 413, 415, 503),
+        openapi_extra=bodies(TokenizeBody),
     )
-    return [
-        create,
-        tokens,
-        replace(
-            tokens,
-            path="/detokenize",
-            handler=detokenize,
-            summary="The text of token ids",
-            request_schema=DetokenizeBody,
-            response_schema=DetokenizeResponse,
-        ),
-        replace(
-            tokens,
-            method="GET",
-            path="/tokenizer_info",
-            handler=tokenizer_info,
-            summary="The tokenizer's special tokens and limits (?model=NAME, default: the only "
-            "language model)",
-            request_schema=None,
-            response_schema=TokenizerInfo,
-            errors={s: errors[s] for s in (400, 401, 404, 503)},
-            docs={
-                "error_schema": OpenAIError,
-                "query": {"model": "The language model (default: the server's only one)."},
-            },
-        ),
-    ]
+    async def tokenize(request: Request) -> Response:
+        body = await json_body(request, tokenize_bodies)
+        model, scorer = _model_of(plane, body.model)
+        tokens = plane.tokenize(model, body.prompt, "prompt")
+        if body.add_special_tokens and tokens[:1] != [scorer.vocab.bos]:
+            tokens = [scorer.vocab.bos, *tokens]
+        return json_response(
+            {"tokens": tokens, "count": len(tokens), "max_model_len": scorer.max_length + 2}
+        )
+
+    @api.post(
+        "/detokenize",
+        summary="The text of token ids",
+        response_model=DetokenizeResponse,
+        responses=answers(400, 401, 404, 413, 415, 503),
+        openapi_extra=bodies(DetokenizeBody),
+    )
+    async def detokenize(request: Request) -> Response:
+        body = await json_body(request, detokenize_bodies)
+        model, _ = _model_of(plane, body.model)
+        return json_response({"prompt": plane.detokenize(model, body.tokens, "tokens")})
+
+    @api.get(
+        "/tokenizer_info",
+        summary="The tokenizer's special tokens and limits (?model=NAME, default: the only "
+        "language model)",
+        response_model=TokenizerInfo,
+        responses=answers(400, 401, 404, 503),
+    )
+    async def tokenizer_info(model: ModelQuery = None) -> Response:
+        loaded, scorer = _model_of(plane, model)
+        vocab = scorer.vocab
+        return json_response(
+            {
+                "model": loaded.name,
+                "eos_token": vocab.token(vocab.eos),
+                "bos_token": vocab.token(vocab.bos),
+                "pad_token": None,
+                "model_max_length": scorer.max_length + 2,
+                "vocab_size": vocab.lm_vocab_size,
+            }
+        )
+
+    return api

@@ -1,13 +1,26 @@
-"""batchserve's native `/v1` API: list models, their metadata, `predict` and `score`. Each handler
-decodes, calls the data plane once, and encodes its typed result."""
+"""batchserve's native `/v1` API as FastAPI path operations: list models, their metadata,
+`predict` and `score`. Each operation validates its body with its Pydantic model (from the bytes),
+calls the data plane once, and answers its typed result, encoded once."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
-from app.api.http import HttpResponse, json_response, only_numbers, parse_json
-from app.api.router import Call, Endpoint
+from fastapi import APIRouter, Header, Path, Request
+from pydantic import TypeAdapter
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.responses import Response
+
+from app.api.context import DEADLINE_HEADER
+from app.api.http import json_response
+from app.api.routing import (
+    DEADLINE_DESCRIPTION,
+    DEADLINE_PATTERN,
+    ServiceRoute,
+    inference,
+    validate_json,
+)
+from app.api.schema import BodySchemas, errors
 from app.api.v1.schemas import (
     ModelList,
     ModelMetadata,
@@ -15,37 +28,172 @@ from app.api.v1.schemas import (
     PredictResponse,
     ScoreRequest,
     ScoreResponse,
-    parse_predict,
-    parse_score,
+    predict_request,
+    score_request,
 )
 from app.errors import WrongEndpoint
+from app.serving.dataplane import DataPlane
 from app.serving.heads import head_description
 from app.serving.loader import LoadedModel
 from app.serving.results import Classification, Scores, SequenceScore, VersionInfo
 
-_INFERENCE_ERRORS = {
-    400: "Malformed JSON, or the wrong endpoint for this model's task",
+INFERENCE_ERRORS = {
+    400: "Malformed JSON, a malformed header, or the wrong endpoint for this model's task",
     401: "Missing or wrong API key",
     404: "Unknown model or version",
     413: "Body too large",
+    415: "A body that is not JSON, or in an unsupported Content-Encoding",
     422: "Invalid input; the message names the field and the problem",
     503: "Queue full (with Retry-After), model not ready, or shutting down",
     504: "The X-Request-Timeout-Ms deadline passed before the work started",
 }
-_METADATA_ERRORS = {
+METADATA_ERRORS = {
     401: "Missing or wrong API key",
     404: "Unknown model or version",
     503: "Shutting down",
 }
 
+Name = Annotated[
+    str,
+    Path(description="The model's name.", examples=["mnist-mlp", "names-rnn", "names-lm"]),
+]
+Version = Annotated[
+    str, Path(description="A version of the model (a positive integer).", examples=["1"])
+]
+Timeout = Annotated[
+    str | None,
+    Header(alias=DEADLINE_HEADER, description=DEADLINE_DESCRIPTION, pattern=DEADLINE_PATTERN),
+]
 
-async def list_models(call: Call) -> HttpResponse:
-    return json_response({"models": call.plane.models()})
+
+class SegmentConvertor(Convertor[str]):
+    """A path segment that does not end in ":predict": /v1/models/x:predict is KServe's predict
+    of model x (405 to a GET), not the metadata of a model named "x:predict"."""
+
+    regex = "[^/]+(?<!:predict)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
 
 
-async def model_metadata(call: Call) -> HttpResponse:
-    info = call.plane.describe(call.params["name"], call.params.get("version"))
-    return json_response(_metadata(info))
+register_url_convertor("segment", SegmentConvertor())
+
+
+def router(plane: DataPlane, bodies: BodySchemas, guard: list[Any]) -> APIRouter:
+    """The /v1 operations, each behind `guard` (the user key's dependency, when one is set)."""
+    settings = plane.settings
+    api = APIRouter(route_class=ServiceRoute, tags=["v1"], dependencies=guard)
+    predict_model = predict_request(settings.max_items_per_request, settings.max_top_k)
+    score_model = score_request(settings.max_items_per_request)
+    predicts: TypeAdapter[PredictRequest] = TypeAdapter(predict_model)
+    scores: TypeAdapter[ScoreRequest] = TypeAdapter(score_model)
+    inference_errors = errors(INFERENCE_ERRORS)
+    metadata_errors = errors(METADATA_ERRORS)
+
+    @api.get(
+        "/v1/models",
+        summary="List models",
+        response_model=ModelList,
+        responses=errors({s: METADATA_ERRORS[s] for s in (401, 503)}),
+    )
+    async def list_models() -> Response:
+        return json_response({"models": plane.models()})
+
+    @api.get(
+        "/v1/models/{name:segment}",
+        summary="Model metadata",
+        response_model=ModelMetadata,
+        responses=metadata_errors,
+    )
+    async def model_metadata(name: Name) -> Response:
+        return json_response(_metadata(plane.describe(name, None)))
+
+    @api.get(
+        "/v1/models/{name}/versions/{version:segment}",
+        summary="Version metadata",
+        response_model=ModelMetadata,
+        responses=metadata_errors,
+    )
+    async def version_metadata(name: Name, version: Version) -> Response:
+        return json_response(_metadata(plane.describe(name, version)))
+
+    async def classify(
+        request: Request, name: str, version: str | None, timeout: str | None
+    ) -> Response:
+        ctx = inference(request, "predict", timeout)
+        model, raw = await _model_and_body(request, plane, name, version, ctx, "predict")
+        max_values = settings.max_items_per_request * model.servable.max_item_values
+        body = await validate_json(raw, predicts, max_values)
+        # The schema saw every leaf of an array item: numbers only.
+        result = await plane.classify(model, body.inputs, ctx, "inputs", True)
+        return json_response(_predictions(result, body.top_k))
+
+    async def score_items(
+        request: Request, name: str, version: str | None, timeout: str | None
+    ) -> Response:
+        ctx = inference(request, "score", timeout)
+        model, raw = await _model_and_body(request, plane, name, version, ctx, "score")
+        max_values = settings.max_items_per_request * model.servable.max_item_values
+        body = await validate_json(raw, scores, max_values)
+        if body.pairs is not None:
+            pairs = [(p.context, p.continuation) for p in body.pairs]
+            result = await plane.score_pairs(model, pairs, ctx, "pairs")
+        else:
+            assert body.inputs is not None
+            result = await plane.score(model, body.inputs, ctx, "inputs")
+        return json_response(_scores(result, body.per_token))
+
+    predict_body = bodies(predict_model)
+    score_body = bodies(score_model)
+
+    @api.post(
+        "/v1/models/{name}/predict",
+        summary="Classify items",
+        response_model=PredictResponse,
+        responses=inference_errors,
+        openapi_extra=predict_body,
+    )
+    async def predict(request: Request, name: Name, timeout: Timeout = None) -> Response:
+        return await classify(request, name, None, timeout)
+
+    @api.post(
+        "/v1/models/{name}/versions/{version}/predict",
+        summary="Classify items with one version",
+        response_model=PredictResponse,
+        responses=inference_errors,
+        openapi_extra=predict_body,
+    )
+    async def predict_version(
+        request: Request, name: Name, version: Version, timeout: Timeout = None
+    ) -> Response:
+        return await classify(request, name, version, timeout)
+
+    @api.post(
+        "/v1/models/{name}/score",
+        summary="Score strings with a language model",
+        response_model=ScoreResponse,
+        responses=inference_errors,
+        openapi_extra=score_body,
+    )
+    async def score(request: Request, name: Name, timeout: Timeout = None) -> Response:
+        return await score_items(request, name, None, timeout)
+
+    @api.post(
+        "/v1/models/{name}/versions/{version}/score",
+        summary="Score strings with one version",
+        response_model=ScoreResponse,
+        responses=inference_errors,
+        openapi_extra=score_body,
+    )
+    async def score_version(
+        request: Request, name: Name, version: Version, timeout: Timeout = None
+    ) -> Response:
+        return await score_items(request, name, version, timeout)
+
+    return api
 
 
 def _metadata(info: VersionInfo) -> dict[str, Any]:
@@ -79,15 +227,6 @@ def _metadata(info: VersionInfo) -> dict[str, Any]:
     return meta
 
 
-async def predict(call: Call) -> HttpResponse:
-    model, body, raw = await _model_and_body(call, "predict")
-    settings = call.settings
-    inputs, top_k = parse_predict(body, settings.max_items_per_request, settings.max_top_k)
-    numbers = only_numbers(raw, body)
-    result = await call.plane.classify(model, inputs, call.ctx, "inputs", numbers)
-    return json_response(_predictions(result, top_k))
-
-
 def _predictions(result: Classification, top_k: int) -> dict[str, Any]:
     labels = result.labels
     if result.task != "classify":  # multilabel and regress items give their own form
@@ -100,17 +239,6 @@ def _predictions(result: Classification, top_k: int) -> dict[str, Any]:
         ranked = [{"label": labels[i], "index": i, "probability": row[i]} for i in item.top(top_k)]
         predictions.append({**ranked[0], "top_k": ranked})
     return {"model": result.model, "version": result.version, "predictions": predictions}
-
-
-async def score(call: Call) -> HttpResponse:
-    model, body, _ = await _model_and_body(call, "score")
-    kind, items, per_token = parse_score(body, call.settings.max_items_per_request)
-    if kind == "pairs":
-        pairs = [(p["context"], p["continuation"]) for p in items]
-        result = await call.plane.score_pairs(model, pairs, call.ctx, "pairs")
-    else:
-        result = await call.plane.score(model, items, call.ctx, "inputs")
-    return json_response(_scores(result, per_token))
 
 
 def _scores(result: Scores, per_token: bool) -> dict[str, Any]:
@@ -135,79 +263,22 @@ def _score(item: SequenceScore, per_token: bool) -> dict[str, Any]:
     return scored
 
 
-async def _model_and_body(call: Call, endpoint: str) -> tuple[LoadedModel, Any, bytes]:
-    """The model version bound to this request (its queue has room), the parsed body, and the
-    body's bytes."""
-    name, version = call.params["name"], call.params.get("version")
-    call.plane.require(name, version)  # 404 before a body is read
-    raw = await call.body()
-    model = await call.plane.bind(name, version, call.ctx, endpoint)
+async def _model_and_body(
+    request: Request,
+    plane: DataPlane,
+    name: str,
+    version: str | None,
+    ctx: Any,
+    endpoint: str,
+) -> tuple[LoadedModel, bytes]:
+    """The model version bound to this request (its queue has room) and the body's bytes: a
+    404 comes before the body is read, the wrong endpoint before it is parsed."""
+    plane.require(name, version)
+    raw = await request.body()
+    model = await plane.bind(name, version, ctx, endpoint)
     if (model.task == "score") != (endpoint == "score"):
         other = "score" if endpoint == "predict" else "predict"
         raise WrongEndpoint(
             f"model '{name}' is a {model.task} model; call /v1/models/{name}/{other}"
         )
-    max_values = call.settings.max_items_per_request * model.servable.max_item_values
-    return model, parse_json(raw, max_values), raw
-
-
-def table() -> list[Endpoint]:
-    tags = ("v1",)
-    models, versioned = "/v1/models/{name}", "/v1/models/{name}/versions/{version}"
-    metadata = Endpoint(
-        "GET",
-        models,
-        model_metadata,
-        "Model metadata",
-        tags,
-        response_schema=ModelMetadata,
-        errors=_METADATA_ERRORS,
-    )
-    classify = Endpoint(
-        "POST",
-        f"{models}/predict",
-        predict,
-        "Classify items",
-        tags,
-        inference=True,
-        metric="predict",
-        request_schema=PredictRequest,
-        response_schema=PredictResponse,
-        errors=_INFERENCE_ERRORS,
-    )
-    scoring = replace(
-        classify,
-        path=f"{models}/score",
-        handler=score,
-        summary="Score strings with a language model",
-        metric="score",
-        request_schema=ScoreRequest,
-        response_schema=ScoreResponse,
-    )
-    return [
-        Endpoint(
-            "GET",
-            "/v1/models",
-            list_models,
-            "List models",
-            tags,
-            response_schema=ModelList,
-            errors={s: _METADATA_ERRORS[s] for s in (401, 503)},
-        ),
-        metadata,
-        replace(metadata, path=versioned, summary="Version metadata", operation="version_metadata"),
-        classify,
-        replace(
-            classify,
-            path=f"{versioned}/predict",
-            summary="Classify items with one version",
-            operation="predict_version",
-        ),
-        scoring,
-        replace(
-            scoring,
-            path=f"{versioned}/score",
-            summary="Score strings with one version",
-            operation="score_version",
-        ),
-    ]
+    return model, raw

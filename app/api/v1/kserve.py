@@ -5,25 +5,36 @@ the model's output tensors (as /v2 names them); and `GET /`, the liveness KServe
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from starlette.responses import Response
 
-from app.api.http import HttpResponse, json_response, parse_json
-from app.api.router import Call, Endpoint
-from app.errors import InvalidInput
+from app.api.http import json_response
+from app.api.routing import OpenProtocolRoute, inference, served_while_draining, validate_json
+from app.api.schema import BodySchemas, errors
+from app.api.v1.endpoints import Name, Timeout, Version
+from app.api.v1.schemas import DEFAULT_MAX_ITEMS, Item
+from app.serving.dataplane import DataPlane
 from app.serving.results import Classification, Scores
 
 _ERRORS = {
-    400: "Malformed JSON, or instances the model cannot take (the message names which)",
+    400: "Malformed JSON or header, or instances the model cannot take (the message names which)",
     401: "Missing or wrong API key",
     404: "Unknown model or version",
     413: "Body too large",
+    415: "A body that is not JSON, or in an unsupported Content-Encoding",
     422: "The model failed on an instance",
     503: "Queue full (with Retry-After), model not ready, or shutting down",
     504: "The X-Request-Timeout-Ms deadline passed before the work started",
 }
+
+
+_ITEMS = (
+    "The items, as /v1 predict or score takes them: 784 floats (or 28x28) for mnist-mlp, a "
+    "string for names-rnn and names-lm."
+)
 
 
 class PredictRequestV1(BaseModel):
@@ -31,11 +42,7 @@ class PredictRequestV1(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"instances": ["Johnson"]}]},
     )
-    instances: list[Any] = Field(
-        min_length=1,
-        description="The items, as /v1 predict or score takes them: 784 floats (or 28x28) for "
-        "mnist-mlp, a string for names-rnn and names-lm.",
-    )
+    instances: list[Item] = Field(min_length=1, max_length=DEFAULT_MAX_ITEMS, description=_ITEMS)
 
 
 class PredictResponseV1(BaseModel):
@@ -56,30 +63,69 @@ class Alive(BaseModel):
     status: str = Field(description='Always "alive".')
 
 
-async def predict(call: Call) -> HttpResponse:
-    name, version = call.params["name"], call.params.get("version")
-    plane = call.plane
-    plane.require(name, version)  # 404 before a body is read
-    raw = await call.body()
-    model = await plane.bind(name, version, call.ctx, "predict")
-    max_values = call.settings.max_items_per_request * model.servable.max_item_values
-    instances = _instances(parse_json(raw, max_values), call.settings.max_items_per_request)
-    if model.task == "score":
-        scored = await plane.score(model, instances, call.ctx, "instances")
-        return json_response({"predictions": _scores(scored)})
-    classified = await plane.classify(model, instances, call.ctx, "instances")
-    return json_response({"predictions": _classes(classified)})
+def router(plane: DataPlane, bodies: BodySchemas, guard: list[Any]) -> APIRouter:
+    """KServe's V1 predict (behind `guard`, the user key) and its liveness (open)."""
+    settings = plane.settings
+    api = APIRouter(route_class=OpenProtocolRoute, tags=["KServe v1"])
+    limit = settings.max_items_per_request
+    request_model = create_model(
+        "PredictRequestV1",
+        __base__=PredictRequestV1,
+        instances=(list[Item], Field(min_length=1, max_length=limit, description=_ITEMS)),
+    )
+    adapter: TypeAdapter[PredictRequestV1] = TypeAdapter(request_model)
 
+    async def predict_items(
+        request: Request, name: str, version: str | None, timeout: str | None
+    ) -> Response:
+        ctx = inference(request, "predict", timeout)
+        plane.require(name, version)  # 404 before a body is read
+        raw = await request.body()
+        model = await plane.bind(name, version, ctx, "predict")
+        max_values = limit * model.servable.max_item_values
+        instances = (await validate_json(raw, adapter, max_values)).instances
+        if model.task == "score":
+            scored = await plane.score(model, instances, ctx, "instances")
+            return json_response({"predictions": _scores(scored)})
+        classified = await plane.classify(model, instances, ctx, "instances", True)
+        return json_response({"predictions": _classes(classified)})
 
-def _instances(body: Any, max_items: int) -> list[Any]:
-    if not isinstance(body, dict) or body.keys() != {"instances"}:
-        raise InvalidInput('body: expected {"instances": [...]}')
-    instances = body["instances"]
-    if not isinstance(instances, list) or not instances:
-        raise InvalidInput("instances: expected a non-empty array")
-    if len(instances) > max_items:
-        raise InvalidInput(f"instances: {len(instances)} items; the limit is {max_items}")
-    return instances
+    body = bodies(request_model)
+
+    @api.post(
+        "/v1/models/{name}:predict",
+        summary="Predict with the newest ready version (KServe's V1 protocol)",
+        response_model=PredictResponseV1,
+        responses=errors(_ERRORS),
+        openapi_extra=body,
+        dependencies=guard,
+    )
+    async def kserve_predict(request: Request, name: Name, timeout: Timeout = None) -> Response:
+        return await predict_items(request, name, None, timeout)
+
+    @api.post(
+        "/v1/models/{name}/versions/{version}:predict",
+        summary="Predict with one version (KServe's V1 protocol)",
+        response_model=PredictResponseV1,
+        responses=errors(_ERRORS),
+        openapi_extra=body,
+        dependencies=guard,
+    )
+    async def kserve_predict_version(
+        request: Request, name: Name, version: Version, timeout: Timeout = None
+    ) -> Response:
+        return await predict_items(request, name, version, timeout)
+
+    @api.get(
+        "/",
+        summary="Liveness, as KServe's V1 protocol asks it (no auth)",
+        response_model=Alive,
+    )
+    @served_while_draining
+    async def alive() -> Response:
+        return json_response({"status": "alive"})
+
+    return api
 
 
 def _classes(result: Classification) -> list[dict[str, Any]]:
@@ -95,45 +141,4 @@ def _scores(result: Scores) -> list[dict[str, Any]]:
     return [
         {"log_prob": s.log_prob, "num_tokens": s.num_tokens, "perplexity": s.perplexity}
         for s in result.items
-    ]
-
-
-async def alive(call: Call) -> HttpResponse:
-    return json_response({"status": "alive"})
-
-
-def table() -> list[Endpoint]:
-    tags = ("KServe v1",)
-    predicting = Endpoint(
-        "POST",
-        "/v1/models/{name}:predict",
-        predict,
-        "Predict with the newest ready version (KServe's V1 protocol)",
-        tags,
-        inference=True,
-        metric="predict",
-        invalid_input_status=400,
-        request_schema=PredictRequestV1,
-        response_schema=PredictResponseV1,
-        errors=_ERRORS,
-        operation="kserve_predict",
-    )
-    return [
-        predicting,
-        replace(
-            predicting,
-            path="/v1/models/{name}/versions/{version}:predict",
-            summary="Predict with one version (KServe's V1 protocol)",
-            operation="kserve_predict_version",
-        ),
-        Endpoint(
-            "GET",
-            "/",
-            alive,
-            "Liveness, as KServe's V1 protocol asks it (no auth)",
-            tags,
-            auth="none",
-            served_while_draining=True,
-            response_schema=Alive,
-        ),
     ]

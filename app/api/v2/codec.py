@@ -1,6 +1,6 @@
-"""The Open Inference Protocol's HTTP bodies: model metadata as JSON, an infer request's JSON
-(with Triton's binary tensor data extension after it) read into named tensors, and output
-tensors written back as JSON or binary data. The tensors themselves are `tensors`' business,
+"""The Open Inference Protocol's HTTP bodies: model metadata as JSON, an infer request (its JSON
+validated by `InferRequestV2`, Triton's binary tensor data after it) read into named tensors, and
+output tensors written back as JSON or binary data. The tensors themselves are `tensors`' business,
 shared with gRPC."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from app.api.http import ascii_uint, parse_json
+from app.api.http import ascii_uint
+from app.api.v2.schemas import InferRequestV2, RequestInput, RequestOutput
 from app.api.v2.tensors import (
     InputTensor,
     Items,
@@ -61,51 +62,42 @@ def model_metadata(info: VersionInfo, versions: list[str]) -> dict[str, Any]:
 # -- request ----------------------------------------------------------------------------------
 
 
-def split_body(body: bytes, header_length: str | None, max_values: int) -> tuple[Any, bytes]:
-    """The JSON header (refused unparsed if it holds more than `max_values` values) and the
-    binary tensor data after it."""
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The binary tensor data extension's splitter: the JSON header's bytes (the whole body
+    without Inference-Header-Content-Length) and the binary tensor data after it."""
     if header_length is None:
-        return parse_json(body, max_values), b""
+        return body, b""
     size = ascii_uint(header_length)
     if size is None or size > len(body):
         raise TensorError(
             f"{HEADER_LENGTH}: expected the JSON header's length in bytes (ASCII digits), at "
             f"most the body's {len(body)}; got {header_length!r}"
         )
-    return parse_json(body[:size], max_values), body[size:]
+    return body[:size], body[size:]
 
 
-def decode_request(body: Any, binary: bytes, tensors: Signature, max_items: int) -> InferRequest:
-    if not isinstance(body, dict):
-        raise TensorError("body: expected a JSON object")
-    request_id = body.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise TensorError("id: expected a string")
-    parameters = _parameters(body, "parameters")
+def decode_request(
+    body: InferRequestV2, binary: bytes, tensors: Signature, max_items: int
+) -> InferRequest:
+    """The validated JSON and the binary data as the model's items and the outputs wanted."""
+    parameters = body.parameters or {}
     binary_output = parameters.get("binary_data_output", False)
     if type(binary_output) is not bool:
         raise TensorError("parameters.binary_data_output: expected true or false")
-    items = decode_inputs(_input_tensors(body.get("inputs"), binary), tensors, max_items)
-    outputs = _requested_outputs(body.get("outputs"), tensors, binary_output)
-    return InferRequest(request_id, items, outputs)
+    items = decode_inputs(_input_tensors(body.inputs, binary), tensors, max_items)
+    outputs = _requested_outputs(body.outputs, tensors, binary_output)
+    return InferRequest(body.id, items, outputs)
 
 
-def _input_tensors(raw: Any, binary: bytes) -> list[InputTensor]:
+def _input_tensors(raw: list[RequestInput], binary: bytes) -> list[InputTensor]:
     """Binary data is laid out in the order of the `inputs` array, so read it in that order."""
-    if not isinstance(raw, list) or not raw:
-        raise TensorError("inputs: expected a non-empty array of input tensors")
     tensors: list[InputTensor] = []
     offset = 0
     for i, tensor in enumerate(raw):
-        where = f"inputs[{i}]"
-        if not isinstance(tensor, dict):
-            raise TensorError(f"{where}: expected an object with a 'name' string")
-        label = f"input '{tensor.get('name')}'"
+        label = f"input '{tensor.name}'"
         data, offset = _input_data(tensor, label, binary, offset)
         tensors.append(
-            InputTensor(
-                tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), data, where
-            )
+            InputTensor(tensor.name, tensor.datatype, tensor.shape, data, f"inputs[{i}]")
         )
     if offset != len(binary):
         raise TensorError(
@@ -116,20 +108,17 @@ def _input_tensors(raw: Any, binary: bytes) -> list[InputTensor]:
 
 
 def _input_data(
-    tensor: dict[str, Any], label: str, binary: bytes, offset: int
+    tensor: RequestInput, label: str, binary: bytes, offset: int
 ) -> tuple[list[Any] | bytes, int]:
     """The tensor's JSON `data`, or its slice of the binary data; and the offset after it."""
-    parameters = _parameters(tensor, f"{label}.parameters")
+    parameters = tensor.parameters or {}
     _refuse_unsupported(parameters, label)
     size = parameters.get("binary_data_size")
     if size is None:
-        if "data" not in tensor:
+        if tensor.data is None:
             raise TensorError(f"{label}: no 'data' and no parameters.binary_data_size")
-        data = tensor["data"]
-        if not isinstance(data, list):
-            raise TensorError(f"{label}: data must be an array")
-        return data, offset
-    if "data" in tensor:
+        return tensor.data, offset
+    if tensor.data is not None:
         raise TensorError(f"{label}: give either 'data' or parameters.binary_data_size, not both")
     if type(size) is not int or size < 0:
         raise TensorError(f"{label}: parameters.binary_data_size must be a non-negative integer")
@@ -141,17 +130,16 @@ def _input_data(
     return binary[offset : offset + size], offset + size
 
 
-def _requested_outputs(raw: Any, tensors: Signature, binary: bool) -> list[RequestedOutput]:
-    if raw is None or raw == []:
+def _requested_outputs(
+    raw: list[RequestOutput] | None, tensors: Signature, binary: bool
+) -> list[RequestedOutput]:
+    if not raw:
         return [RequestedOutput(s.name, binary) for s in tensors.outputs]
-    if not isinstance(raw, list):
-        raise TensorError("outputs: expected an array of {'name': ...} objects")
     known = [s.name for s in tensors.outputs]
     chosen: list[RequestedOutput] = []
     for i, output in enumerate(raw):
-        name = output.get("name") if isinstance(output, dict) else None
-        name = check_name(name, f"outputs[{i}]", known, "output")
-        parameters = _parameters(output, f"output '{name}'.parameters")
+        name = check_name(output.name, f"outputs[{i}]", known, "output")
+        parameters = output.parameters or {}
         _refuse_unsupported(parameters, f"output '{name}'")
         as_binary = parameters.get("binary_data", binary)
         if type(as_binary) is not bool:
@@ -160,15 +148,6 @@ def _requested_outputs(raw: Any, tensors: Signature, binary: bool) -> list[Reque
         chosen.append(RequestedOutput(name, as_binary, count))
     check_outputs(chosen, tensors)
     return chosen
-
-
-def _parameters(container: dict[str, Any], where: str) -> dict[str, Any]:
-    parameters = container.get("parameters")
-    if parameters is None:
-        return {}
-    if not isinstance(parameters, dict):
-        raise TensorError(f"{where}: expected an object")
-    return parameters
 
 
 def _refuse_unsupported(parameters: dict[str, Any], label: str) -> None:

@@ -4,13 +4,24 @@ Tensors are decoded and encoded by `app.api.v2.codec`; the work is the data plan
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from pydantic import TypeAdapter
+from starlette.responses import Response
 
 from app import __version__
 from app.api import triton
-from app.api.http import HttpResponse, json_response, parse_json
-from app.api.router import Call, Endpoint
+from app.api.http import JsonBytes, json_response
+from app.api.routing import (
+    OpenProtocolRoute,
+    binary_body,
+    inference,
+    served_while_draining,
+    validate_json,
+)
+from app.api.schema import BodySchemas, errors
+from app.api.v1.endpoints import Name, Timeout, Version
 from app.api.v2 import codec, tensors
 from app.api.v2.schemas import (
     InferRequestV2,
@@ -28,7 +39,8 @@ from app.api.v2.schemas import (
     RepositoryUnloadResponse,
     ServerMetadata,
 )
-from app.errors import LoadRequestFailed, MalformedRequest
+from app.errors import LoadRequestFailed
+from app.serving.dataplane import DataPlane
 from app.settings import Settings
 
 BINARY_TENSOR_DATA, MODEL_REPOSITORY = "binary_tensor_data", "model_repository"
@@ -42,11 +54,34 @@ _INFER_ERRORS = {
     **_MODEL,
     400: "Malformed request, or tensors that do not fit the model (the message says which)",
     413: "Body too large",
+    415: "A body that is neither JSON nor binary tensor data, or in an unsupported coding",
     422: "The model failed on an item",
     503: "Queue full (with Retry-After), model not ready, or shutting down",
     504: "The X-Request-Timeout-Ms deadline passed before the work started",
 }
 _ADMIN = {400: "Malformed body", 401: "Missing or wrong admin key", 503: "Shutting down"}
+HeaderLength = Annotated[
+    str | None,
+    Header(
+        alias=codec.HEADER_LENGTH,
+        pattern=r"^[0-9]{1,18}$",
+        description="Binary tensor data extension: the length in bytes of the JSON request at "
+        "the start of the body; the inputs' binary data follows it (each input's "
+        "parameters.binary_data_size bytes, in the order of `inputs`). Without it the whole "
+        "body is JSON. With Content-Encoding, the length of the decompressed JSON.",
+    ),
+]
+BINARY_ANSWER = {
+    "description": "Successful Response. With binary outputs: the JSON response "
+    "(Inference-Header-Content-Length bytes), then each binary output in order.",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    "headers": {
+        codec.HEADER_LENGTH: {
+            "description": "Present when binary outputs follow the JSON: its length in bytes.",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    },
+}
 
 
 # -- server -----------------------------------------------------------------------------------
@@ -61,313 +96,255 @@ def extensions(settings: Settings) -> list[str]:
     return served
 
 
-async def server_metadata(call: Call) -> HttpResponse:
-    served = extensions(call.settings)
-    return json_response({"name": SERVER_NAME, "version": __version__, "extensions": served})
+def router(
+    plane: DataPlane, bodies: BodySchemas, guard: list[Any], admin: list[Any] | None
+) -> APIRouter:
+    """The /v2 operations: health open, the rest behind `guard`; the repository extension only
+    with `admin` (the admin key's dependency: an admin key is set)."""
+    settings = plane.settings
+    api = APIRouter(route_class=OpenProtocolRoute, tags=["v2"])
+    infer_requests: TypeAdapter[InferRequestV2] = TypeAdapter(InferRequestV2)
+    model_errors = errors(_MODEL)
 
+    @api.get("/v2", summary="Server metadata", response_model=ServerMetadata,
+             responses=errors(_AUTH), dependencies=guard)  # fmt: skip
+    async def server_metadata() -> Response:
+        served = extensions(settings)
+        return json_response({"name": SERVER_NAME, "version": __version__, "extensions": served})
 
-async def live(call: Call) -> HttpResponse:
-    return json_response({"live": True})
+    @api.get("/v2/health/live", summary="Liveness (no auth)", response_model=Liveness)
+    @served_while_draining
+    async def live() -> Response:
+        return JsonBytes(b'{"live":true}')
 
-
-async def ready(call: Call) -> HttpResponse:
-    readiness = call.plane.readiness()
-    if readiness.ready:
-        return json_response({"ready": True})
-    return json_response({"ready": False, "error": readiness.reason}, status=503)
-
-
-# -- models -----------------------------------------------------------------------------------
-
-
-async def model_metadata(call: Call) -> HttpResponse:
-    version = call.params.get("version")
-    info = call.plane.describe(call.params["name"], version)
-    versions = info.versions if version is None else [version]
-    return json_response(codec.model_metadata(info, versions))
-
-
-async def model_ready(call: Call) -> HttpResponse:
-    name = call.params["name"]
-    info = call.plane.describe(name, call.params.get("version"))
-    ready = info.state == "ready"
-    body: dict[str, Any] = {"name": info.name, "version": info.version, "ready": ready}
-    if ready:
-        return json_response(body)
-    why = f": {info.reason}" if info.reason else ""
-    body["error"] = f"model '{name}' version '{info.version}' is {info.state}{why}"
-    return json_response(body, status=400)
-
-
-# -- inference --------------------------------------------------------------------------------
-
-
-async def infer(call: Call) -> HttpResponse:
-    name, version = call.params["name"], call.params.get("version")
-    plane, settings, ctx = call.plane, call.settings, call.ctx
-    plane.require(name, version)  # 404 before a body is read
-    body = await call.body()
-    model = await plane.bind(name, version, ctx, "infer")
-    max_values = settings.max_items_per_request * model.servable.max_item_values
-    length = call.header(codec.HEADER_LENGTH.lower().encode())
-    header, binary = codec.split_body(body, length, max_values)
-    signature = tensors.signature(model.config)
-    request = codec.decode_request(header, binary, signature, settings.max_items_per_request)
-    outputs = await tensors.infer(plane, model, request.items, ctx)
-    answer = tensors.output_tensors(outputs, request.outputs, signature, model.config.labels)
-    content, header_length = codec.encode_response((model.name, model.version), request.id, answer)
-    if header_length is None:
-        return HttpResponse(content)
-    return HttpResponse(
-        content,
-        content_type=b"application/octet-stream",
-        headers={codec.HEADER_LENGTH: str(header_length)},
+    @api.get(
+        "/v2/health/ready",
+        summary="Readiness (no auth): every model has a ready version",
+        response_model=Readiness,
+        responses=errors({503: "Not ready, or shutting down"}),
     )
+    @served_while_draining
+    async def ready() -> Response:
+        readiness = plane.readiness()
+        if readiness.ready:
+            return JsonBytes(b'{"ready":true}')
+        return json_response({"ready": False, "error": readiness.reason}, status=503)
 
+    # Triton's statistics before /v2/models/{name}: "stats" is not a model's name here.
+    stats = {"response_model": ModelStatisticsV2, "dependencies": guard}
 
-# -- Triton's extensions: model configuration and statistics ----------------------------------
-
-
-async def model_config(call: Call) -> HttpResponse:
-    info = call.plane.describe(call.params["name"], call.params.get("version"))
-    return json_response(triton.as_json(triton.model_config(info)))
-
-
-async def model_statistics(call: Call) -> HttpResponse:
-    rows = call.plane.statistics(call.params.get("name"), call.params.get("version"))
-    return json_response(triton.as_json(triton.model_statistics(rows)))
-
-
-# -- model repository (only with BATCHSERVE_ADMIN_API_KEY) -------------------------------------
-
-
-async def _control_body(call: Call, allowed: set[str]) -> dict[str, Any]:
-    """The (optional) JSON object of a repository request, with only `allowed` keys."""
-    raw = await call.body()
-    body = parse_json(raw) if raw else {}  # the body is optional; whitespace is not JSON
-    if not isinstance(body, dict):
-        raise MalformedRequest("body: expected a JSON object")
-    unknown = body.keys() - allowed
-    if unknown:
-        raise MalformedRequest(
-            f"body: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
-        )
-    return body
-
-
-async def repository_index(call: Call) -> HttpResponse:
-    body = await _control_body(call, {"ready"})
-    ready_only = body.get("ready", False)
-    if type(ready_only) is not bool:
-        raise MalformedRequest("ready: expected true or false")
-    return json_response(call.plane.repository_index(ready_only))
-
-
-def _parameters(body: dict[str, Any]) -> dict[str, Any]:
-    parameters = body.get("parameters")
-    if parameters is None:
-        return {}
-    if not isinstance(parameters, dict):
-        raise MalformedRequest("parameters: expected an object")
-    return parameters
-
-
-async def load_model(call: Call) -> HttpResponse:
-    name = call.params["name"]
-    parameters = _parameters(await _control_body(call, {"parameters"}))
-    overrides = [k for k in parameters if k == "config" or str(k).startswith("file:")]
-    if overrides:
-        raise LoadRequestFailed(
-            f"parameters: {overrides} not supported; batchserve loads what is in the repository"
-        )
-    versions = await call.plane.load(name)
-    return json_response({"name": name, "versions": versions, "default_version": versions[-1]})
-
-
-async def unload_model(call: Call) -> HttpResponse:
-    name = call.params["name"]
-    _parameters(await _control_body(call, {"parameters"}))
-    await call.plane.unload(name)
-    return json_response({"name": name, "state": "unavailable"})
-
-
-def table(with_repository: bool) -> list[Endpoint]:
-    """The /v2 table; the repository extension only `with_repository` (an admin key is set)."""
-    tags = ("v2",)
-    models, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
-    health = Endpoint(
-        "GET",
-        "/v2/health/live",
-        live,
-        "Liveness (no auth)",
-        tags,
-        auth="none",
-        served_while_draining=True,
-        response_schema=Liveness,
-    )
-    metadata = Endpoint(
-        "GET",
-        models,
-        model_metadata,
-        "Model metadata",
-        tags,
-        invalid_input_status=400,
-        response_schema=ModelMetadataV2,
-        errors=_MODEL,
-    )
-    readiness = replace(
-        metadata,
-        path=f"{models}/ready",
-        handler=model_ready,
-        summary="Model readiness",
-        response_schema=ModelReadiness,
-        errors={**_MODEL, 400: "Known but not ready (the protocol's 4xx)"},
-    )
-    inference = Endpoint(
-        "POST",
-        f"{models}/infer",
-        infer,
-        "Infer with the newest ready version",
-        tags,
-        inference=True,
-        metric="infer",
-        invalid_input_status=400,
-        binary_body=True,
-        request_schema=InferRequestV2,
-        response_schema=InferResponseV2,
-        errors=_INFER_ERRORS,
-        docs={"binary": True},
-    )
-    table = [
-        Endpoint(
-            "GET",
-            "/v2",
-            server_metadata,
-            "Server metadata",
-            tags,
-            response_schema=ServerMetadata,
-            errors=_AUTH,
-        ),
-        health,
-        replace(
-            health,
-            path="/v2/health/ready",
-            handler=ready,
-            summary="Readiness (no auth): every model has a ready version",
-            response_schema=Readiness,
-            errors={503: "Not ready, or shutting down"},
-        ),
-        metadata,
-        replace(
-            metadata,
-            path=versioned,
-            summary="Model version metadata",
-            operation="version_metadata",
-        ),
-        readiness,
-        replace(
-            readiness,
-            path=f"{versioned}/ready",
-            summary="Model version readiness",
-            operation="version_ready",
-        ),
-        inference,
-        replace(
-            inference,
-            path=f"{versioned}/infer",
-            summary="Infer with one version",
-            operation="infer_version",
-        ),
-    ]
-    table += _triton_endpoints(metadata)
-    if with_repository:
-        table += _repository_endpoints()
-    return table
-
-
-def _triton_endpoints(metadata: Endpoint) -> list[Endpoint]:
-    """Triton's model configuration and statistics extensions (tritonclient, perf_analyzer)."""
-    models, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
-    config = replace(
-        metadata,
-        path=f"{models}/config",
-        handler=model_config,
-        summary="Model configuration (Triton's): tensors, max_batch_size, dynamic batching",
-        response_schema=ModelConfigV2,
-        errors={**_MODEL, 503: "The version is not loaded, or shutting down"},
-    )
-    stats = replace(
-        metadata,
-        path="/v2/models/stats",
-        handler=model_statistics,
+    @api.get(
+        "/v2/models/stats",
         summary="Inference statistics of every ready model version (Triton's extension)",
-        response_schema=ModelStatisticsV2,
-        errors=_AUTH,
+        responses=errors(_AUTH),
+        **stats,  # type: ignore[arg-type]
     )
-    return [
-        config,
-        replace(
-            config,
-            path=f"{versioned}/config",
-            summary="Model version configuration (Triton's)",
-            operation="version_config",
-        ),
-        stats,
-        replace(
-            stats,
-            path=f"{models}/stats",
-            summary="Inference statistics of a model's ready versions",
-            errors=_MODEL,
-            operation="model_statistics_of",
-        ),
-        replace(
-            stats,
-            path=f"{versioned}/stats",
-            summary="Inference statistics of one model version",
-            errors=_MODEL,
-            operation="version_statistics",
-        ),
-    ]
+    async def model_statistics() -> Response:
+        return json_response(triton.as_json(triton.model_statistics(plane.statistics(None, None))))
+
+    @api.get(
+        "/v2/models/{name}/stats",
+        summary="Inference statistics of a model's ready versions",
+        responses=model_errors,
+        **stats,  # type: ignore[arg-type]
+    )
+    async def model_statistics_of(name: Name) -> Response:
+        return json_response(triton.as_json(triton.model_statistics(plane.statistics(name, None))))
+
+    @api.get(
+        "/v2/models/{name}/versions/{version}/stats",
+        summary="Inference statistics of one model version",
+        responses=model_errors,
+        **stats,  # type: ignore[arg-type]
+    )
+    async def version_statistics(name: Name, version: Version) -> Response:
+        rows = plane.statistics(name, version)
+        return json_response(triton.as_json(triton.model_statistics(rows)))
+
+    def metadata(name: str, version: str | None) -> Response:
+        info = plane.describe(name, version)
+        versions = info.versions if version is None else [version]
+        return json_response(codec.model_metadata(info, versions))
+
+    @api.get("/v2/models/{name}", summary="Model metadata", response_model=ModelMetadataV2,
+             responses=model_errors, dependencies=guard)  # fmt: skip
+    async def model_metadata(name: Name) -> Response:
+        return metadata(name, None)
+
+    @api.get("/v2/models/{name}/versions/{version}", summary="Model version metadata",
+             response_model=ModelMetadataV2, responses=model_errors,
+             dependencies=guard)  # fmt: skip
+    async def version_metadata(name: Name, version: Version) -> Response:
+        return metadata(name, version)
+
+    def readiness(name: str, version: str | None) -> Response:
+        info = plane.describe(name, version)
+        ready = info.state == "ready"
+        body: dict[str, Any] = {"name": info.name, "version": info.version, "ready": ready}
+        if ready:
+            return json_response(body)
+        why = f": {info.reason}" if info.reason else ""
+        body["error"] = f"model '{name}' version '{info.version}' is {info.state}{why}"
+        return json_response(body, status=400)
+
+    ready_errors = errors({**_MODEL, 400: "Known but not ready (the protocol's 4xx)"})
+
+    @api.get("/v2/models/{name}/ready", summary="Model readiness",
+             response_model=ModelReadiness, responses=ready_errors,
+             dependencies=guard)  # fmt: skip
+    async def model_ready(name: Name) -> Response:
+        return readiness(name, None)
+
+    @api.get("/v2/models/{name}/versions/{version}/ready", summary="Model version readiness",
+             response_model=ModelReadiness, responses=ready_errors,
+             dependencies=guard)  # fmt: skip
+    async def version_ready(name: Name, version: Version) -> Response:
+        return readiness(name, version)
+
+    async def infer_items(
+        request: Request,
+        name: str,
+        version: str | None,
+        timeout: str | None,
+        header_length: str | None,
+    ) -> Response:
+        ctx = inference(request, "infer", timeout)
+        plane.require(name, version)  # 404 before a body is read
+        body = await request.body()
+        model = await plane.bind(name, version, ctx, "infer")
+        max_values = settings.max_items_per_request * model.servable.max_item_values
+        header, binary = codec.split_body(body, header_length)
+        parsed = await validate_json(header, infer_requests, max_values)
+        signature = tensors.signature(model.config)
+        request_ = codec.decode_request(parsed, binary, signature, settings.max_items_per_request)
+        outputs = await tensors.infer(plane, model, request_.items, ctx)
+        answer = tensors.output_tensors(outputs, request_.outputs, signature, model.config.labels)
+        content, length = codec.encode_response((model.name, model.version), request_.id, answer)
+        if length is None:
+            return JsonBytes(content)
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={codec.HEADER_LENGTH: str(length)},
+        )
+
+    infer_body = bodies(InferRequestV2, binary=True)
+    infer_errors = errors(_INFER_ERRORS)
+    infer_answers: dict[int | str, dict[str, Any]] = {200: BINARY_ANSWER, **infer_errors}
+
+    @api.post("/v2/models/{name}/infer", summary="Infer with the newest ready version",
+              response_model=InferResponseV2, responses=infer_answers,
+              openapi_extra=infer_body, dependencies=guard)  # fmt: skip
+    @binary_body
+    async def infer(
+        request: Request,
+        name: Name,
+        timeout: Timeout = None,
+        header_length: HeaderLength = None,
+    ) -> Response:
+        return await infer_items(request, name, None, timeout, header_length)
+
+    @api.post("/v2/models/{name}/versions/{version}/infer", summary="Infer with one version",
+              response_model=InferResponseV2, responses=infer_answers,
+              openapi_extra=infer_body, dependencies=guard)  # fmt: skip
+    @binary_body
+    async def infer_version(
+        request: Request,
+        name: Name,
+        version: Version,
+        timeout: Timeout = None,
+        header_length: HeaderLength = None,
+    ) -> Response:
+        return await infer_items(request, name, version, timeout, header_length)
+
+    config_errors = errors({**_MODEL, 503: "The version is not loaded, or shutting down"})
+
+    @api.get(
+        "/v2/models/{name}/config",
+        summary="Model configuration (Triton's): tensors, max_batch_size, dynamic batching",
+        response_model=ModelConfigV2,
+        responses=config_errors,
+        dependencies=guard,
+    )
+    async def model_config(name: Name) -> Response:
+        return json_response(triton.as_json(triton.model_config(plane.describe(name, None))))
+
+    @api.get(
+        "/v2/models/{name}/versions/{version}/config",
+        summary="Model version configuration (Triton's)",
+        response_model=ModelConfigV2,
+        responses=config_errors,
+        dependencies=guard,
+    )
+    async def version_config(name: Name, version: Version) -> Response:
+        return json_response(triton.as_json(triton.model_config(plane.describe(name, version))))
+
+    if admin is not None:
+        _repository(api, plane, bodies, admin)
+    return api
 
 
-def _repository_endpoints() -> list[Endpoint]:
-    tags = ("v2 model repository",)
-    control = Endpoint(
-        "POST",
+def _repository(api: APIRouter, plane: DataPlane, bodies: BodySchemas, admin: list[Any]) -> None:
+    """The model repository extension, behind the admin key."""
+    tags: list[str | Any] = ["v2 model repository"]
+    indexes: TypeAdapter[RepositoryIndexRequest] = TypeAdapter(RepositoryIndexRequest)
+    controls: TypeAdapter[RepositoryControlRequest] = TypeAdapter(RepositoryControlRequest)
+
+    async def control(request: Request) -> RepositoryControlRequest:
+        raw = await request.body()  # optional: no body is {}
+        return await validate_json(raw, controls) if raw else RepositoryControlRequest()
+
+    @api.post(
+        "/v2/repository/index",
+        summary="Every model version in the repository, with its state and reason",
+        tags=tags,
+        response_model=list[RepositoryIndexEntry],
+        responses=errors(_ADMIN),
+        openapi_extra=bodies(RepositoryIndexRequest, required=False),
+        dependencies=admin,
+    )
+    async def repository_index(request: Request) -> Response:
+        raw = await request.body()
+        body = await validate_json(raw, indexes) if raw else RepositoryIndexRequest()
+        return json_response(plane.repository_index(body.ready))
+
+    control_body = bodies(RepositoryControlRequest, required=False)
+
+    @api.post(
         "/v2/repository/models/{name}/load",
-        load_model,
-        "Load new versions of a model (its policy decides which) and retire old ones",
-        tags,
-        auth="admin",
-        request_schema=RepositoryControlRequest,
-        request_required=False,
-        response_schema=RepositoryLoadResponse,
-        errors={
-            **_ADMIN,
-            400: "The load failed (what served before still serves), or a malformed body",
-            404: "No such model",
-        },
+        summary="Load new versions of a model (its policy decides which) and retire old ones",
+        tags=tags,
+        response_model=RepositoryLoadResponse,
+        responses=errors(
+            {
+                **_ADMIN,
+                400: "The load failed (what served before still serves), or a malformed body",
+                404: "No such model",
+            }
+        ),
+        openapi_extra=control_body,
+        dependencies=admin,
     )
-    return [
-        Endpoint(
-            "POST",
-            "/v2/repository/index",
-            repository_index,
-            "Every model version in the repository, with its state and reason",
-            tags,
-            auth="admin",
-            request_schema=RepositoryIndexRequest,
-            request_required=False,
-            response_schema=list[RepositoryIndexEntry],
-            errors=_ADMIN,
-        ),
-        control,
-        replace(
-            control,
-            path="/v2/repository/models/{name}/unload",
-            handler=unload_model,
-            summary="Stop serving a model: queued requests finish, then its memory is freed",
-            response_schema=RepositoryUnloadResponse,
-            errors={**_ADMIN, 404: "No such model"},
-        ),
-    ]
+    async def load_model(request: Request, name: Name) -> Response:
+        parameters = (await control(request)).parameters or {}
+        overrides = [k for k in parameters if k == "config" or str(k).startswith("file:")]
+        if overrides:
+            raise LoadRequestFailed(
+                f"parameters: {overrides} not supported; batchserve loads what is in the repository"
+            )
+        versions = await plane.load(name)
+        return json_response({"name": name, "versions": versions, "default_version": versions[-1]})
+
+    @api.post(
+        "/v2/repository/models/{name}/unload",
+        summary="Stop serving a model: queued requests finish, then its memory is freed",
+        tags=tags,
+        response_model=RepositoryUnloadResponse,
+        responses=errors({**_ADMIN, 404: "No such model"}),
+        openapi_extra=control_body,
+        dependencies=admin,
+    )
+    async def unload_model(request: Request, name: Name) -> Response:
+        await control(request)
+        await plane.unload(name)
+        return json_response({"name": name, "state": "unavailable"})

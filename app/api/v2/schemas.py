@@ -1,5 +1,6 @@
-"""The `/v2` (Open Inference Protocol) bodies as Pydantic models, for the OpenAPI page only: the
-routes decode requests with `app.v2`, which also reads the binary tensor data extension."""
+"""The `/v2` (Open Inference Protocol) bodies as Pydantic models. An infer request's JSON (the
+whole body, or its part before the binary tensor data) is validated with `InferRequestV2` from its
+bytes; what a model's tensors take (names, datatypes, shapes) is `app.api.v2.tensors`' to check."""
 
 from __future__ import annotations
 
@@ -96,10 +97,14 @@ class ModelMetadataV2(BaseModel):
     )
 
 
+MAX_TENSORS = 64  # input or output tensors named in one request (every model has one input)
+Dimension = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
+
+
 class RequestInput(BaseModel):
-    name: str
-    shape: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(max_length=8)
-    datatype: str
+    name: str = Field(strict=True)
+    shape: list[Dimension] = Field(max_length=8)
+    datatype: str = Field(strict=True, description="FP32, INT32 or BYTES, as the model's input.")
     parameters: dict[str, Any] | None = Field(
         None, description="binary_data_size: the tensor's bytes after the JSON header."
     )
@@ -107,7 +112,7 @@ class RequestInput(BaseModel):
 
 
 class RequestOutput(BaseModel):
-    name: str
+    name: str = Field(strict=True)
     parameters: dict[str, Any] | None = Field(
         None,
         description="binary_data: true to receive this output as binary data. classification: N "
@@ -118,13 +123,13 @@ class RequestOutput(BaseModel):
 
 class InferRequestV2(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_NAME_EXAMPLE, _DIGIT_EXAMPLE]})
-    id: str | None = Field(None, description="Echoed in the response.")
+    id: str | None = Field(None, strict=True, description="Echoed in the response.")
     parameters: dict[str, Any] | None = Field(
         None, description="binary_data_output: true to receive every output as binary data."
     )
-    inputs: list[RequestInput] = Field(max_length=16)
+    inputs: list[RequestInput] = Field(min_length=1, max_length=MAX_TENSORS)
     outputs: list[RequestOutput] | None = Field(
-        None, max_length=16, description="Which outputs; default all."
+        None, max_length=MAX_TENSORS, description="Which outputs; default all."
     )
 
 
@@ -159,7 +164,7 @@ class InferResponseV2(BaseModel):
 
 class RepositoryIndexRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ready": False}]})
-    ready: bool = Field(False, description="List only ready versions.")
+    ready: bool = Field(False, strict=True, description="List only ready versions.")
 
 
 class RepositoryIndexEntry(BaseModel):
