@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ from models.families.base import (
     MAX_WIDTH,
     InputSpec,
     SequenceInput,
+    SubwordsInput,
     TextInput,
     VectorInput,
     WordsInput,
@@ -31,6 +33,7 @@ from models.families.char_rnn import CharRNNArchitecture
 from models.families.mlp import MLPArchitecture
 from models.families.rnn import RNNArchitecture
 from models.onnx_schema import OnnxArchitecture
+from models.subwords import SubwordTokenizer, TokenizerFileError, read_tokenizer
 
 __all__ = [  # the config's parts, importable from here as before the families had modules
     "CharLMArchitecture",
@@ -38,6 +41,7 @@ __all__ = [  # the config's parts, importable from here as before the families h
     "MLPArchitecture",
     "RNNArchitecture",
     "SequenceInput",
+    "SubwordsInput",
     "TextInput",
     "VectorInput",
     "WordsInput",
@@ -163,17 +167,41 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_config(directory: Path) -> ModelConfig:
+def read_config(directory: Path, load_files: bool = True) -> ModelConfig:
+    """The version's config.json, with the files it names beside the weights loaded and checked
+    (a subword tokenizer); `load_files=False` reads the config alone."""
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
-        return ModelConfig.model_validate_json(path.read_bytes())
+        config = ModelConfig.model_validate_json(path.read_bytes())
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
         )
         raise CheckpointError(f"{path} is invalid: {problems}") from None
+    if load_files:
+        load_input_files(config, directory)
+    return config
+
+
+def load_input_files(config: ModelConfig, directory: Path) -> None:
+    """Read the input's own file from `directory` (its name is a plain file name, so it is an
+    entry of the version directory, and the repository's symbolic-link rules apply to it as to
+    every entry there) and attach it to the config."""
+    spec = config.input
+    if isinstance(spec, SubwordsInput):
+        spec.attach(load_tokenizer(directory / spec.tokenizer_file, spec))
+
+
+def load_tokenizer(path: Path, spec: SubwordsInput) -> SubwordTokenizer:
+    """The subword tokenizer in `path`, checked against the input spec; CheckpointError if not."""
+    try:
+        return read_tokenizer(
+            path, spec.vocab_size, spec.bos_token, spec.eos_token, spec.tokenizer_sha256
+        )
+    except TokenizerFileError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -267,8 +295,29 @@ def save_checkpoint(directory: Path, model: nn.Module, config: ModelConfig) -> M
     config = config.model_copy(
         update={"weights_file": SAFETENSORS_FILE, "weights_sha256": sha256_file(weights)}
     )
+    config = _save_input_files(directory, config)
     write_config(directory, config)
     return config
+
+
+def _save_input_files(directory: Path, config: ModelConfig) -> ModelConfig:
+    """Copy a subword tokenizer into the version, as the file that was checked (its sha256,
+    recorded in the config, is checked at every load)."""
+    spec = config.input
+    if not isinstance(spec, SubwordsInput):
+        return config
+    tokenizer = spec.tokenizer
+    target = directory / spec.tokenizer_file
+    if tokenizer.source is None or tokenizer.sha256 is None:
+        raise CheckpointError(f"{spec.tokenizer_file}: the tokenizer was not read from a file")
+    if tokenizer.source.resolve() != target.resolve():
+        shutil.copyfile(tokenizer.source, target)
+    if sha256_file(target) != tokenizer.sha256:
+        raise CheckpointError(f"{tokenizer.source} changed while it was imported")
+    target.chmod(FILE_MODE)
+    saved = spec.model_copy(update={"tokenizer_sha256": tokenizer.sha256})
+    saved.attach(tokenizer)
+    return config.model_copy(update={"input": saved})
 
 
 def write_config(directory: Path, config: ModelConfig) -> None:

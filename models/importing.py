@@ -13,7 +13,14 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from models.checkpoint import CheckpointError, ModelConfig, build_model, check_weights
+from models.checkpoint import (
+    CheckpointError,
+    ModelConfig,
+    SubwordsInput,
+    build_model,
+    check_weights,
+    load_tokenizer,
+)
 from models.keras_file import read_keras
 from models.keras_sequence import (
     KerasSequence,
@@ -22,6 +29,7 @@ from models.keras_sequence import (
     read_keras_sequence,
 )
 from models.probe import check_finite_outputs
+from models.subwords import TokenizerFileError, read_tokenizer
 from models.torch_file import (
     Mapped,
     is_plain_linear,
@@ -69,6 +77,11 @@ class UserFacts:
     max_steps: int | None = None
     readout: str | None = None
     nonlinearity: str | None = None
+    # rnn or char_lm over subwords: a `tokenizers` file (copied into the version), and a
+    # language model's start and end tokens (tokens of that file).
+    tokenizer: Path | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
     base: dict[str, Any] = field(default_factory=dict)  # a partial config.json (--config)
 
 
@@ -179,6 +192,46 @@ def _words_input(facts: UserFacts, size: int) -> dict[str, Any]:
         "unknown": NO_UNKNOWN if facts.unknown == "" else facts.unknown,
         "max_length": facts.max_length,
     }
+
+
+def _subwords_input(facts: UserFacts, size: int, language_model: bool) -> dict[str, Any]:
+    """A subwords input from --tokenizer, checked against the weights' `size` token rows."""
+    if facts.tokenizer is None:
+        raise CheckpointError("a subwords input needs its tokenizer file: --tokenizer FILE")
+    base = facts.base.get("input", {})
+    bos = facts.bos_token or base.get("bos_token")
+    eos = facts.eos_token or base.get("eos_token")
+    if language_model and (bos is None or eos is None):
+        raise CheckpointError(
+            "a char_lm over subwords needs its start and end tokens, tokens of the tokenizer "
+            "file: --bos-token and --eos-token (e.g. '<s>' and '</s>')"
+        )
+    try:
+        tokenizer = read_tokenizer(facts.tokenizer, None)
+    except TokenizerFileError as exc:
+        raise CheckpointError(str(exc)) from None
+    if tokenizer.size != size:
+        raise CheckpointError(
+            f"the weights have {size} token rows; {facts.tokenizer.name} has {tokenizer.size} "
+            "tokens (added tokens included)"
+        )
+    return {
+        "kind": "subwords",
+        "tokenizer_file": base.get("tokenizer_file", "tokenizer.json"),
+        "vocab_size": size,
+        "max_length": facts.max_length,
+        "bos_token": bos,
+        "eos_token": eos,
+    }
+
+
+def _attach_tokenizer(config: ModelConfig, facts: UserFacts) -> None:
+    """Read --tokenizer against the config's subwords input (its tokens, start and end tokens);
+    the version's copy is written with the checkpoint (`save_checkpoint`)."""
+    spec = config.input
+    if isinstance(spec, SubwordsInput):
+        assert facts.tokenizer is not None
+        spec.attach(load_tokenizer(facts.tokenizer, spec))
 
 
 def _finish(config: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[nn.Module, ModelConfig]:
@@ -324,6 +377,10 @@ def _import_rnn(mapped: Mapped, facts: UserFacts) -> tuple[nn.Module, ModelConfi
                 f"the recurrent layer takes {size} features per step, not {features}"
             )
         model_input = {"kind": "sequence", "features": features, "max_steps": facts.max_steps}
+    elif facts.tokenizer is not None or base.get("kind") == "subwords":
+        if embedding is None:
+            raise CheckpointError("a subword tokenizer needs an nn.Embedding in the file")
+        model_input = _subwords_input(facts, size, language_model=False)
     elif facts.vocabulary is not None or base.get("kind") == "words":
         if embedding is None:
             raise CheckpointError("a word vocabulary needs an nn.Embedding in the file")
@@ -332,6 +389,7 @@ def _import_rnn(mapped: Mapped, facts: UserFacts) -> tuple[nn.Module, ModelConfi
         model_input = _text_input(facts, size, "rnn")
     task = facts.task or "classify"
     config = _config(facts, task, architecture, model_input, found["num_outputs"])
+    _attach_tokenizer(config, facts)
     return _finish(config, mapped.state)
 
 
@@ -367,10 +425,14 @@ def _import_char_lm(mapped: Mapped, facts: UserFacts) -> tuple[nn.Module, ModelC
         "hidden_size": found["hidden_size"],
         "num_layers": found["num_layers"],
     }
-    # The vocabulary is the alphabet (or the words), then begin- and end-of-sequence tokens.
-    if facts.vocabulary is not None:
+    # The vocabulary is the alphabet (or the words), then begin- and end-of-sequence tokens; a
+    # tokenizer file's vocabulary holds its own.
+    if facts.tokenizer is not None or facts.base.get("input", {}).get("kind") == "subwords":
+        model_input = _subwords_input(facts, found["vocab_size"], language_model=True)
+    elif facts.vocabulary is not None:
         model_input = _words_input(facts, found["vocab_size"] - 2)
     else:
         model_input = _text_input(facts, found["vocab_size"] - 2, "char_lm")
     config = _config(facts, "score", architecture, model_input, None)
+    _attach_tokenizer(config, facts)
     return _finish(config, mapped.state)

@@ -60,13 +60,13 @@ def test_a_hostile_top_k_fails_alone_and_its_neighbours_get_what_they_get_alone(
     assert all([c["text"] for c in r.json()["choices"]] == expected for r in six)
     assert 400 <= hostile.status_code < 500
     error = hostile.json()["error"]
-    assert error["param"] == "top_k" and "65536" in error["message"], error
+    assert error["param"] == "top_k" and "4194304" in error["message"], error
 
 
 # (field, value, a fragment of the message: the bound, or the model's own limit)
 COMPLETION_BOUNDS = [
-    ("top_k", 2**63, "65536"),
-    ("top_k", 2**20, "65536"),
+    ("top_k", 2**63, "4194304"),
+    ("top_k", 2**23, "4194304"),
     ("top_k", 58, "57 tokens"),
     ("top_k", -1, "0"),
     ("seed", 2**63, "9223372036854775807"),
@@ -92,10 +92,10 @@ COMPLETION_BOUNDS = [
     ("stop", "x" * 257, "256"),
     ("stop", [""], "1"),
     ("prompt", ["Ko"] * 1025, "1024"),
-    ("prompt", [3, 65536], "65536"),
+    ("prompt", [3, 2**22], "4194304"),
     ("prompt", [3, -1], "0"),
     ("prompt", [3, 57], "outside 0..56"),
-    ("prompt", [[3], [2**40]], "65536"),
+    ("prompt", [[3], [2**40]], "4194304"),
     ("user", "u" * 257, "256"),
     ("model", "m" * 257, "256"),
 ]
@@ -118,8 +118,8 @@ def test_a_completion_field_past_its_bound_is_a_4xx_naming_the_field_and_bound(
     [
         ("/tokenize", {"prompt": "K" * (2**20 + 1)}, "prompt", "1048576"),
         ("/tokenize", {"prompt": "Ko", "model": "m" * 257}, "model", "256"),
-        ("/detokenize", {"tokens": [3, 65536]}, "tokens", "65536"),
-        ("/detokenize", {"tokens": [3, 2**63]}, "tokens", "65536"),
+        ("/detokenize", {"tokens": [3, 2**22]}, "tokens", "4194304"),
+        ("/detokenize", {"tokens": [3, 2**63]}, "tokens", "4194304"),
         ("/detokenize", {"tokens": [-1]}, "tokens", "0"),
         ("/detokenize", {"tokens": [57]}, "tokens", "outside 0..56"),
     ],
@@ -192,14 +192,14 @@ def test_v2_numbers_past_their_bounds_are_4xx_naming_the_input(
 def test_the_openapi_document_states_the_bounds(url: str) -> None:
     schemas = httpx.get(f"{url}/openapi.json").json()["components"]["schemas"]
     completion = schemas["CompletionRequestBody"]["properties"]
-    assert completion["top_k"]["maximum"] == 65536
+    assert completion["top_k"]["maximum"] == 2**22
     assert completion["seed"]["anyOf"][0]["maximum"] == 2**63 - 1
     assert completion["temperature"]["maximum"] == 2
     assert completion["top_p"]["exclusiveMinimum"] == 0
     assert completion["logprobs"]["anyOf"][0]["maximum"] == 1000
     assert completion["n"]["maximum"] == 1024
     assert completion["max_tokens"]["maximum"] == 4096
-    assert schemas["DetokenizeBody"]["properties"]["tokens"]["items"]["exclusiveMaximum"] == 65536
+    assert schemas["DetokenizeBody"]["properties"]["tokens"]["items"]["exclusiveMaximum"] == 2**22
 
 
 def test_all_the_tokens_of_a_completion_request_are_within_a_budget() -> None:

@@ -77,6 +77,15 @@ def add(commands: Any) -> None:
         sub.add_argument(
             "--unknown", help="words: the vocabulary's unknown token ('' refuses unknown words)"
         )
+        sub.add_argument(
+            "--tokenizer",
+            type=Path,
+            metavar="FILE",
+            help="rnn or char_lm over subwords: a Hugging Face tokenizers tokenizer.json "
+            "(copied into the version; needs the tokenizers extra)",
+        )
+        sub.add_argument("--bos-token", help="char_lm over subwords: the start token (e.g. <s>)")
+        sub.add_argument("--eos-token", help="char_lm over subwords: the end token (e.g. </s>)")
         sub.add_argument("--features", type=int, help="rnn over numeric steps: values per step")
         sub.add_argument("--max-steps", type=int, help="numeric steps: longest sequence")
         sub.add_argument(
@@ -189,6 +198,9 @@ def user_facts(args: argparse.Namespace) -> Any:
         max_steps=getattr(args, "max_steps", None),
         readout=getattr(args, "readout", None),
         nonlinearity=getattr(args, "nonlinearity", None),
+        tokenizer=getattr(args, "tokenizer", None),
+        bos_token=getattr(args, "bos_token", None),
+        eos_token=getattr(args, "eos_token", None),
         base=read_base_config(args.config) if args.config else {},
     )
 

@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 from models.checkpoint import ModelConfig
-from models.families.base import SequenceInput, TextInput, VectorInput, WordsInput
+from models.families.base import SequenceInput, SubwordsInput, TextInput, VectorInput, WordsInput
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -61,6 +61,14 @@ def _item(config: ModelConfig) -> dict[str, Any]:
             + (f", unknown words read as {spec.unknown!r})" if spec.unknown else ")"),
             "max_words": spec.max_length,
             "example": " ".join(w for w in spec.vocabulary[:4] if w != spec.unknown),
+        }
+    if isinstance(spec, SubwordsInput):
+        return {
+            "json": f"a string, read as the subword tokens of {spec.tokenizer_file}",
+            "tokenizer": spec.tokenizer_file,
+            "vocab_size": spec.vocab_size,
+            "max_tokens": spec.max_length,
+            "example": spec.tokenizer.example(spec.max_length),
         }
     assert isinstance(spec, SequenceInput)
     return {

@@ -65,7 +65,7 @@ def resolve_device(requested: str) -> torch.device:
 def configured_device(path: Path, settings: Settings) -> torch.device:
     """The device the version's config.json asks for, else the service-wide setting."""
     try:
-        requested = read_config(path).device or settings.device
+        requested = read_config(path, load_files=False).device or settings.device
     except CheckpointError:
         requested = settings.device
     return resolve_device(requested)

@@ -32,7 +32,7 @@ def is_onnx(path: Path) -> bool:
     """Whether the version in `path` says it is ONNX (an unreadable config is not: its error
     comes from the native loader)."""
     try:
-        return read_config(path).format == "onnx"
+        return read_config(path, load_files=False).format == "onnx"
     except Exception:  # noqa: BLE001 - any problem with the config is reported by the loader
         return False
 
@@ -41,7 +41,7 @@ def load_onnx_servable(path: Path, settings: Settings) -> tuple[AnyServable, Mod
     """Load, check and probe the ONNX version in `path` (blocking: run it in an executor); also
     the device ONNX Runtime runs it on. The servable itself stays on the CPU: ONNX Runtime
     moves the batch to its device."""
-    requested = read_config(path).device or settings.device
+    requested = read_config(path, load_files=False).device or settings.device
     model, config = load_onnx(path, requested, settings.torch_threads)
     return make_onnx_servable(model, config), config, model.device
 

@@ -20,7 +20,15 @@ from app.serving.heads import DEFAULT_THRESHOLD
 from app.serving.results import ClassScores, LabelScores, Regression, SequenceScore
 from models.checkpoint import ModelConfig
 from models.families import family_of
-from models.families.base import CharCodec, Codec, ItemError, Task, WordCodec, padded
+from models.families.base import (
+    CharCodec,
+    Codec,
+    ItemError,
+    SubwordCodec,
+    Task,
+    WordCodec,
+    padded,
+)
 from models.families.base import json_type as _json_type
 from models.families.base import json_type_name as json_type_name
 from models.text import Vocab, normalize
@@ -160,13 +168,13 @@ def _padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class CharacterInput:
-    """The character or word codec, raising InvalidInput (the score head's items are built from
-    it)."""
+    """The character, word or subword codec, raising InvalidInput (the score head's items are
+    built from it)."""
 
     def __init__(self, config: ModelConfig) -> None:
         codec = family_of(config.architecture).codec(config)
-        assert isinstance(codec, CharCodec | WordCodec)
-        self.codec: CharCodec | WordCodec = codec
+        assert isinstance(codec, CharCodec | WordCodec | SubwordCodec)
+        self.codec: CharCodec | WordCodec | SubwordCodec = codec
         self.vocab: Vocab = codec.vocab
         self.max_length = codec.max_length
         self.normalize_mode = codec.normalize_mode

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import builtins
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from models.subwords import SubwordTokenizer
 from models.text import CharVocab, WordVocab, normalize
 
 if TYPE_CHECKING:
@@ -106,7 +108,62 @@ class SequenceInput(_Strict):
     maximum: float | None = None
 
 
-InputSpec = VectorInput | TextInput | WordsInput | SequenceInput
+# A file beside the weights in the version directory: a plain name, no separator, no "..".
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
+
+
+class SubwordsInput(_Strict):
+    """A string as the subword tokens of a Hugging Face `tokenizers` file in the version
+    directory (`tokenizer_file`, encoded and decoded by the library). Token id i is the file's
+    id i: `vocab_size` must be the file's size (added tokens included), and is the size of the
+    model's embedding (and of a language model's output). A language model's start and end
+    tokens are tokens of the file, named by `bos_token` and `eos_token`; a classifier encodes
+    with the file's post-processor (its [CLS]/[SEP], if it has one), as `Tokenizer.encode` does
+    by default. `max_length` counts tokens."""
+
+    kind: Literal["subwords"] = "subwords"
+    tokenizer_file: str = "tokenizer.json"
+    tokenizer_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    vocab_size: int = Field(ge=2, le=1 << 22)
+    max_length: int = Field(default=256, ge=1, le=100_000)  # in tokens
+    bos_token: str | None = Field(default=None, min_length=1, max_length=256)
+    eos_token: str | None = Field(default=None, min_length=1, max_length=256)
+    # The file, once read beside the config (`models.checkpoint.read_config`).
+    _tokenizer: SubwordTokenizer | None = PrivateAttr(default=None)
+
+    @field_validator("tokenizer_file")
+    @classmethod
+    def _in_the_version_directory(cls, name: str) -> str:
+        if not FILE_NAME.fullmatch(name) or ".." in name:
+            raise ValueError(
+                f"{name!r} is not a file name inside the version directory (letters, digits, "
+                "'_', '.', '-'; no path)"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _distinct_ends(self) -> SubwordsInput:
+        if self.bos_token is not None and self.bos_token == self.eos_token:
+            raise ValueError(
+                "input.bos_token and input.eos_token are one token; a language model needs two "
+                "(the start token is never generated, the end token ends generation)"
+            )
+        return self
+
+    def attach(self, tokenizer: SubwordTokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> SubwordTokenizer:
+        if self._tokenizer is None:
+            raise ValueError(
+                f"input.tokenizer_file: {self.tokenizer_file} is not loaded (a config read with "
+                "models.checkpoint.read_config loads it from the version directory)"
+            )
+        return self._tokenizer
+
+
+InputSpec = VectorInput | TextInput | WordsInput | SubwordsInput | SequenceInput
 
 
 # --------------------------------------------------------------------------- item codecs
@@ -349,6 +406,53 @@ class WordCodec(TokenCodec):
         return [[0], [i % size for i in range(self.max_length)]]
 
 
+class SubwordCodec(TokenCodec):
+    """Strings as the token ids of a `tokenizers` file (see SubwordsInput). `post_process`:
+    whether the file's post-processor adds its special tokens (classifiers; a language model
+    adds its own start and end tokens)."""
+
+    normalize_mode = "none"  # normalization is the tokenizer file's own
+
+    def __init__(self, spec: SubwordsInput, post_process: bool = True) -> None:
+        self.vocab = spec.tokenizer
+        self.post_process = post_process
+        self.vocab_size = spec.vocab_size
+        self.max_length = spec.max_length
+        # The cheap bound before encoding: characters of max_length of the longest tokens.
+        per_token = max(self.vocab.longest_token, 1) * RAW_CHARACTERS_PER_LETTER
+        self.max_raw_length = spec.max_length * per_token
+        self.max_item_values = 1 + self.max_raw_length
+
+    def parse(self, raw: Any, field: str, numbers_checked: bool = False) -> list[int]:
+        return self.encode(raw, field)
+
+    def encode(self, raw: Any, field: str, allow_empty: bool = False) -> list[int]:
+        if not isinstance(raw, str):
+            raise ItemError(f"{field}: expected a string, got {json_type(raw)}")
+        if len(raw) > self.max_raw_length:
+            raise ItemError(
+                f"{field}: the string has {len(raw)} characters; too long for "
+                f"{self.max_length} tokens"
+            )
+        try:
+            ids = self.vocab.encode(raw, self.post_process)
+        except ValueError as exc:
+            raise ItemError(f"{field}: {exc}") from None
+        if not ids and not allow_empty:
+            raise ItemError(f"{field}: the string has no tokens")
+        if len(ids) > self.max_length:
+            raise ItemError(
+                f"{field}: the string has {len(ids)} tokens; the limit is {self.max_length}"
+            )
+        return ids
+
+    def warmup_characters(self) -> list[int]:
+        return [0]
+
+    def warmup_items(self) -> list[list[int]]:
+        return [[0], [i % self.vocab_size for i in range(self.max_length)]]
+
+
 class SequenceCodec(Codec[Vector]):
     """`[T, F]` float sequences; batched zero-padded `[B, T_max, F]` with their lengths."""
 
@@ -402,6 +506,8 @@ def make_codec(spec: InputSpec) -> Codec[Any]:
         return CharCodec(spec)
     if isinstance(spec, WordsInput):
         return WordCodec(spec)
+    if isinstance(spec, SubwordsInput):
+        return SubwordCodec(spec)
     return SequenceCodec(spec)
 
 

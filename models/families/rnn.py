@@ -1,9 +1,9 @@
 """The `rnn` family: a recurrent classifier over sequences. The encoder follows the input:
-one-hot characters (text input, no embedding_dim), an embedding over the characters or a word
-vocabulary (text or words input with embedding_dim), or the numeric steps themselves (sequence
-input, `[T, features]`); then nn.RNN/GRU/LSTM with num_layers and bidirectional, read out from
-the last step or pooled (mean, max) over the real steps, and one Linear layer. Heads: classify,
-multilabel, regress."""
+one-hot characters (text input, no embedding_dim), an embedding over the characters, a word
+vocabulary or a subword tokenizer's vocabulary (text, words or subwords input with
+embedding_dim), or the numeric steps themselves (sequence input, `[T, features]`); then
+nn.RNN/GRU/LSTM with num_layers and bidirectional, read out from the last step or pooled (mean,
+max) over the real steps, and one Linear layer. Heads: classify, multilabel, regress."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from models.architectures import SequenceClassifier
-from models.families.base import MAX_WIDTH, Family, Output, TextInput, WordsInput, _Strict
+from models.families.base import (
+    MAX_WIDTH,
+    Family,
+    Output,
+    SubwordsInput,
+    TextInput,
+    WordsInput,
+    _Strict,
+)
 
 if TYPE_CHECKING:
     from models.checkpoint import ModelConfig
@@ -46,6 +54,8 @@ def encoder(arch: RNNArchitecture, config: ModelConfig) -> tuple[str, int]:
         return "numeric", spec.features
     if isinstance(spec, TextInput):
         return ("one_hot" if arch.embedding_dim is None else "embedding"), len(spec.alphabet)
+    if isinstance(spec, SubwordsInput):
+        return "embedding", spec.vocab_size
     assert isinstance(spec, WordsInput)
     size = len(spec.vocabulary)
     return ("one_hot" if arch.embedding_dim is None else "embedding"), size
@@ -54,7 +64,7 @@ def encoder(arch: RNNArchitecture, config: ModelConfig) -> tuple[str, int]:
 class RNNFamily(Family[RNNArchitecture]):
     type = "rnn"
     architecture = RNNArchitecture
-    inputs = ("text", "words", "sequence")
+    inputs = ("text", "words", "sequence", "subwords")
     tasks = ("classify", "multilabel", "regress")
 
     def output(self, arch: RNNArchitecture) -> Output:
@@ -65,8 +75,14 @@ class RNNFamily(Family[RNNArchitecture]):
         kind = config.input.kind
         if kind == "sequence" and arch.embedding_dim is not None:
             raise ValueError("architecture.embedding_dim: a numeric sequence is not embedded")
-        if kind == "words" and arch.embedding_dim is None:
-            raise ValueError("architecture.embedding_dim: words input needs an embedding")
+        if kind in ("words", "subwords") and arch.embedding_dim is None:
+            raise ValueError(f"architecture.embedding_dim: {kind} input needs an embedding")
+        spec = config.input
+        if isinstance(spec, SubwordsInput) and (spec.bos_token or spec.eos_token):
+            raise ValueError(
+                "input.bos_token, input.eos_token: language models only; a classifier's special "
+                "tokens are its tokenizer file's post-processor's"
+            )
         if arch.output == "log_softmax" and config.task != "classify":
             raise ValueError("architecture.output: log_softmax is for a classify head only")
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # OpenAPI document states); the serving layer narrows them per model and per server setting
 # (top_k and token ids to the model's vocabulary, max_tokens to its length, n and logprobs to
 # max_completion_choices and max_logprobs, prompts x n to max_items_per_request).
-MAX_VOCABULARY = 65_536  # no model of batchserve has more tokens
+MAX_VOCABULARY = 1 << 22  # subword vocabularies: Llama 3 has 128,256 tokens, Gemma 256,000
 MAX_TOKENS = 4096  # tokens one choice may ask for
 MAX_LOGPROBS = 1000  # the largest max_logprobs setting
 MAX_CHOICES = 1024  # the largest max_completion_choices setting

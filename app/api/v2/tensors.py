@@ -21,7 +21,7 @@ from app.serving.dataplane import DataPlane
 from app.serving.loader import LoadedModel
 from app.serving.results import Classification, Scores
 from app.serving.servables import json_type_name
-from models.checkpoint import ModelConfig, SequenceInput, TextInput, WordsInput
+from models.checkpoint import ModelConfig, SequenceInput, SubwordsInput, TextInput, WordsInput
 from models.onnx_schema import OnnxArchitecture
 
 FP32, INT32, BYTES = "FP32", "INT32", "BYTES"
@@ -56,7 +56,7 @@ def signature(config: ModelConfig) -> Signature:
     length; items of other lengths are sent as other requests (each, say, [1, T, F]), as
     Triton's ragged batching takes them: the dynamic batcher pads them into one forward pass."""
     spec = config.input
-    if isinstance(spec, TextInput | WordsInput):
+    if isinstance(spec, TextInput | WordsInput | SubwordsInput):
         source = TensorSpec("text", BYTES, (-1,))
     elif isinstance(spec, SequenceInput):
         source = TensorSpec("input", FP32, (-1, -1, spec.features))
