@@ -25,6 +25,16 @@ import tritonclient.grpc as triton_grpc
 from torch import nn
 
 from app.cli import main
+from app.serving.loader import batch_limits
+from app.settings import Settings
+from models.checkpoint import BatchingConfig, ModelConfig
+from models.families.base import (
+    SequenceInput,
+    SubwordsInput,
+    TextInput,
+    VectorInput,
+    WordsInput,
+)
 from tests.conftest import live_app, settings_for
 from tests.numbers import PROBABILITY_TOLERANCE, assert_same_numbers
 from tests.test_batching import _metric, _post_all
@@ -480,3 +490,21 @@ def test_bad_numeric_sequences_over_v1_are_refused_naming_the_item(
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert "inputs[0]" in error and words in error, error
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        TextInput(alphabet="ab", max_length=8),
+        WordsInput(vocabulary=["<unk>", "a"]),
+        SubwordsInput(vocab_size=10),
+        SequenceInput(features=3),
+    ],
+    ids=lambda spec: spec.kind,
+)
+def test_every_sequence_input_counts_its_steps_against_max_batch_tokens(spec: Any) -> None:
+    settings = Settings(max_batch_tokens=77)
+    config = ModelConfig.model_construct(input=spec, batching=BatchingConfig())
+    assert batch_limits(config, settings).max_batch_tokens == 77
+    vector = ModelConfig.model_construct(input=VectorInput(shape=[4]), batching=BatchingConfig())
+    assert batch_limits(vector, settings).max_batch_tokens is None

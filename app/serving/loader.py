@@ -156,7 +156,8 @@ def batch_limits(config: ModelConfig, settings: Settings) -> BatchLimits:
     return BatchLimits(
         max_batch_size=own.max_batch_size or settings.max_batch_size,
         max_batch_delay_ms=delay_ms if own.max_batch_delay_ms is None else own.max_batch_delay_ms,
-        max_batch_tokens=tokens if config.input.kind == "text" else None,
+        # Steps of every sequence input (characters, words, subwords, numeric steps).
+        max_batch_tokens=None if config.input.kind == "vector" else tokens,
         max_queue_size=settings.max_queue_size,
         max_queue_wait_ms=settings.max_queue_wait_ms,
         max_waiting=settings.max_connections,
