@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import json
 import os
 import socket
@@ -78,6 +79,32 @@ def _binary_bytes(server: Server) -> dict[str, Any]:
     )
     headers = {"Inference-Header-Content-Length": str(len(header))}
     return _post(server, "/v2/models/names-lm/infer", header + payload, headers)
+
+
+def _repeated(
+    times: int, path: str, body: Callable[[], bytes], headers: dict[str, str] | None = None
+) -> Callable[[Server], dict[str, Any]]:
+    """The same request `times` times in a row, so that the probes see each one's stall."""
+
+    def attack(server: Server) -> dict[str, Any]:
+        content = body()
+        started = time.perf_counter()
+        answers = [_post(server, path, content, headers)["answer"] for _ in range(times)]
+        kinds = ", ".join(f"{answers.count(a)} x {a}" for a in sorted(set(answers)))
+        return {"answer": kinds, "answer_s": (time.perf_counter() - started) / times}
+
+    return attack
+
+
+def _whitespace_gzip() -> bytes:
+    """15.6 KB of gzip that inflates to 16 MiB: a JSON body padded with white space."""
+    raw = b'{"inputs": ["Kim"]' + b" " * (16 * 2**20 - 32) + b"}"
+    return gzip.compress(raw, compresslevel=9)
+
+
+def _max_batch() -> bytes:
+    """The largest valid predict: 1,024 images of 784 values (about 5 MB of JSON)."""
+    return orjson.dumps({"inputs": [[0.5] * 784] * 1024})
 
 
 def _connect(server: Server) -> socket.socket:
@@ -216,6 +243,18 @@ ATTACKS = [
             "/v1/models/mnist-mlp/predict",
             lambda: b'{"inputs": [' + b",".join([b"[0]"] * 2_000_000) + b"]}",
         ),
+    ),
+    Attack(
+        "gzip-whitespace",
+        "predict, 20 x a 16 KB gzip body that inflates to 16 MiB of white space",
+        _repeated(
+            20, "/v1/models/names-rnn/predict", _whitespace_gzip, {"Content-Encoding": "gzip"}
+        ),
+    ),
+    Attack(
+        "max-batch",
+        "predict, 10 x the largest valid batch (1,024 x 784 numbers, ~5 MB of JSON)",
+        _repeated(10, "/v1/models/mnist-mlp/predict", _max_batch),
     ),
     Attack("huge-header", "one 128 MB header, sent as fast as the server reads", _huge_header),
     Attack(
