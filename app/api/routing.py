@@ -290,17 +290,32 @@ async def validate_json(
     adapter: TypeAdapter[T],
     max_values: int | None = None,
     shapes: Mapping[str, str] | None = None,
+    first: TypeAdapter[T] | None = None,
 ) -> T:
+    """`raw` validated by `adapter`. `first`, when given, is a faster adapter that accepts the
+    same bodies into the same values: it is tried first, and `adapter` validates (and words
+    the errors of) only a body that it refuses."""
     if max_values is not None:
         refuse_too_many_values(raw, max_values)
     if not raw.strip():
         raise MalformedRequest("body: empty; expected a JSON object")
+    validate = adapter.validate_json if first is None else _first_then(first, adapter)
     try:
         if len(raw) >= OFF_LOOP_BYTES:
-            return await anyio.to_thread.run_sync(adapter.validate_json, raw)
-        return adapter.validate_json(raw)
+            return await anyio.to_thread.run_sync(validate, raw)
+        return validate(raw)
     except ValidationError as exc:
         raise invalid_body(exc, shapes) from None
+
+
+def _first_then(first: TypeAdapter[T], adapter: TypeAdapter[T]) -> Callable[[bytes], T]:
+    def validate(raw: bytes) -> T:
+        try:
+            return first.validate_json(raw)
+        except ValidationError:
+            return adapter.validate_json(raw)
+
+    return validate
 
 
 def invalid_body(exc: ValidationError, shapes: Mapping[str, str] | None = None) -> ServiceError:
