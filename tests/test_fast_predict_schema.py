@@ -1,6 +1,6 @@
-"""The /v1 predict body's fast validating model accepts exactly the bodies the documented model
-accepts, into the same values (the endpoint validates with the fast one and falls back to the
-documented one only to word a refusal)."""
+"""The /v1 and KServe V1 predict bodies' fast validating models accept exactly the bodies their
+documented models accept, into the same values (the endpoints validate with the fast one and
+fall back to the documented one only to word a refusal)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import orjson
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from app.api.v1.kserve import fast_kserve_request, kserve_request
 from app.api.v1.schemas import fast_predict_request, predict_request
 
 BODIES: list[Any] = [
@@ -58,3 +59,19 @@ def test_fast_model_accepts_what_the_documented_model_accepts(body: Any) -> None
     found = fast.validate_json(raw).model_dump()
     assert found == expected
     assert [type(item) for item in found["inputs"]] == [type(i) for i in expected["inputs"]]
+
+
+@pytest.mark.parametrize("body", BODIES, ids=range(len(BODIES)))
+def test_fast_kserve_model_accepts_what_the_documented_model_accepts(body: Any) -> None:
+    documented = TypeAdapter(kserve_request(4))
+    fast = TypeAdapter(fast_kserve_request(4))
+    if isinstance(body, dict) and "inputs" in body:
+        body = {"instances": body["inputs"], **{k: v for k, v in body.items() if k != "inputs"}}
+    raw = orjson.dumps(body)
+    try:
+        expected = documented.validate_json(raw).model_dump()
+    except ValidationError:
+        with pytest.raises(ValidationError):
+            fast.validate_json(raw)
+        return
+    assert fast.validate_json(raw).model_dump() == expected
