@@ -215,3 +215,21 @@ def test_an_output_kind_the_task_cannot_hold_is_refused(
     assert code == 2
     assert "architecture.output_kind" in error and f"not {kind}" in error, error
     assert not (repository / "m").exists()  # nothing written
+
+
+def test_multilabel_probabilities_outside_0_and_1_fail_the_warm_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A graph of logits imported as probabilities: its outputs (here always 5) cannot be.
+    module = nn.Linear(3, 2)
+    with torch.no_grad():
+        module.weight.zero_()
+        module.bias.fill_(5.0)
+    path = export(module, (torch.zeros(2, 3),), tmp_path / "m.onnx", ["x"], ({0: batch_dim()},))
+    repository = tmp_path / "repository"
+    options = ["--task", "multilabel", "--outputs-are", "probabilities", "--labels", "a,b"]
+    code = main(["import", "onnx", str(path), "--repository", str(repository), *options])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "outside [0, 1]" in error and "architecture.output_kind" in error, error
+    assert not (repository / "m" / "1").exists()  # the version is not renamed into place
