@@ -36,6 +36,10 @@ EXTRA = "pip install -c constraints.txt -e '.[onnx]' (in a checkout)"
 MISSING = "this model version is ONNX and needs onnx and onnxruntime: " + EXTRA
 MAX_FILE_BYTES = 2**31 - 1  # protobuf's limit for one message; bigger graphs use external data
 MIN_OPSET = 11
+# A multilabel graph's probabilities are clipped into [LOGIT_CLIP, 1 - LOGIT_CLIP] before their
+# logits are taken: 0 and 1 give finite logits, which the head's sigmoid turns back into them
+# (within float32's resolution).
+LOGIT_CLIP = 1e-15
 MAX_GRAPH_DEPTH = 32  # nested subgraphs (If, Loop, Scan bodies)
 # Operator domains ONNX Runtime implements; a graph's own functions add theirs.
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
@@ -346,7 +350,7 @@ def _check_output(tensor: GraphTensor, config: ModelConfig) -> None:
     where = f"graph output '{tensor.name}' ({tensor.datatype} {list(tensor.dims)})"
     if tensor.datatype not in FLOAT_INPUTS:
         raise CheckpointError(f"{where}: the head needs a float output")
-    if config.task == "classify":
+    if config.task in PER_LABEL:
         if len(tensor.dims) != 2 or tensor.dims[1] not in (-1, len(config.labels)):
             raise CheckpointError(
                 f"{where} does not match the config's {len(config.labels)} labels: expected "
@@ -359,6 +363,10 @@ def _check_output(tensor: GraphTensor, config: ModelConfig) -> None:
             f"{where}: a scoring model gives next-token [batch, steps, {vocab}] (the alphabet, "
             "BOS and EOS)"
         )
+
+
+# The tasks whose head output is [batch, labels]: one value per label.
+PER_LABEL = ("classify", "multilabel", "regress")
 
 
 def onnx_architecture(config: ModelConfig) -> OnnxArchitecture:
@@ -488,6 +496,16 @@ class OnnxModel:
         shifted = np.exp(values - values.max(axis=-1, keepdims=True))
         return np.asarray(shifted / shifted.sum(axis=-1, keepdims=True))
 
+    def label_logits(self, output: Array) -> Array:
+        """A multilabel head's per-label logits from its output: logits as they are, or
+        log(p) - log(1 - p) of probabilities, so that the head's sigmoid gives p back (p clipped
+        into (0, 1) first, so that 0 and 1 stay finite; NaN stays NaN)."""
+        values: Array = output.astype(np.float64)
+        if self.output_kind == "logits":
+            return values
+        p = np.clip(values, LOGIT_CLIP, 1.0 - LOGIT_CLIP)
+        return np.asarray(np.log(p) - np.log1p(-p))
+
     def log_probs(self, output: Array) -> Array:
         """Natural-log probabilities from the head output ([..., vocabulary])."""
         values: Array = output.astype(np.float64)
@@ -523,7 +541,7 @@ def probe(model: OnnxModel) -> None:
 
 def _check_probe_output(model: OnnxModel, output: Array, row: int) -> None:
     config = model.config
-    if config.task == "classify":
+    if config.task in PER_LABEL:
         expected: tuple[int, ...] = (len(config.labels),)
     else:
         expected = (output.shape[0] if output.ndim else 0, _vocab(config).lm_vocab_size)
@@ -532,13 +550,27 @@ def _check_probe_output(model: OnnxModel, output: Array, row: int) -> None:
             f"the warm-up pass gives output '{model.output_name}' of shape {list(output.shape)} "
             f"per item; the config's {config.task} head needs {list(expected)}"
         )
-    head = model.probabilities(output) if config.task == "classify" else model.log_probs(output)
-    finite = np.isfinite(head) if config.task == "classify" else ~np.isnan(head)
+    if config.task == "classify":
+        head = model.probabilities(output)
+    elif config.task == "multilabel":
+        head = model.label_logits(output)
+    elif config.task == "regress":
+        head = output
+    else:
+        head = model.log_probs(output)
+    finite = ~np.isnan(head) if config.task == "score" else np.isfinite(head)
     if not finite.all():
         raise CheckpointError(
             f"the warm-up pass gives {int((~finite).sum())} non-finite outputs (NaN or infinity) "
             f"of {head.size} for warm-up item {row}"
         )
+    if config.task == "multilabel" and model.output_kind == "probabilities":
+        outside = int(((output < 0) | (output > 1)).sum())
+        if outside:
+            raise CheckpointError(
+                f"the warm-up pass gives {outside} probabilities outside [0, 1] for warm-up item "
+                f"{row}: is architecture.output_kind 'logits'?"
+            )
 
 
 def load_onnx(

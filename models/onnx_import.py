@@ -23,6 +23,7 @@ from models.importing import DEFAULT_MAX_LENGTH, UserFacts, _config
 from models.onnx_file import (
     FLOAT_INPUTS,
     INTEGER_INPUTS,
+    PER_LABEL,
     GraphFacts,
     GraphTensor,
     check_against_config,
@@ -40,7 +41,7 @@ class GraphChoices:
     input: str | None = None
     lengths_input: str | None = None
     output: str | None = None
-    output_kind: OutputKind = "logits"
+    output_kind: OutputKind | None = None  # None: values for regress, else logits
     task: str | None = None
 
 
@@ -57,7 +58,7 @@ def onnx_config(path: Path, facts: UserFacts, choices: GraphChoices) -> ModelCon
         "input": source.name,
         "lengths_input": lengths.name if lengths else None,
         "output": output.name,
-        "output_kind": choices.output_kind,
+        "output_kind": choices.output_kind or ("values" if task == "regress" else "logits"),
         "opset": graph.opset,
     }
     if source.datatype in FLOAT_INPUTS:
@@ -69,10 +70,11 @@ def onnx_config(path: Path, facts: UserFacts, choices: GraphChoices) -> ModelCon
             f"graph input '{source.name}' is {source.datatype}: batchserve feeds float vectors "
             "or integer token ids"
         )
-    outputs = output.dims[1] if task == "classify" and len(output.dims) == 2 else -1
-    if task == "classify" and outputs == -1 and facts.labels is None:
+    per_label = task in PER_LABEL
+    outputs = output.dims[1] if per_label and len(output.dims) == 2 else -1
+    if per_label and outputs == -1 and facts.labels is None:
         raise CheckpointError(
-            f"graph output '{output.name}' has a dynamic class dimension: give --labels"
+            f"graph output '{output.name}' has a dynamic {task} dimension: give --labels"
         )
     base = {**facts.base, "format": "onnx", "weights_file": ONNX_FILE}
     facts = dataclasses.replace(facts, base=base)

@@ -15,8 +15,17 @@ ONNX_FILE = "model.onnx"
 TENSOR_NAME = r"^[^\x00-\x1f]{1,256}$"
 
 # What the head's output holds; the servable turns it into the task's answer (softmax of logits,
-# exp of log-probabilities, ...), as a native model's head does.
-OutputKind = Literal["logits", "probabilities", "log_probabilities"]
+# exp of log-probabilities, a sigmoid per label, ...), as a native model's head does. `values`
+# is a regress head's (real outputs, target scaling undone); the others are classify's,
+# multilabel's (per label: logits or probabilities) and score's.
+OutputKind = Literal["logits", "probabilities", "log_probabilities", "values"]
+# The kinds each task's output may hold.
+TASK_KINDS: dict[str, tuple[str, ...]] = {
+    "classify": ("logits", "probabilities", "log_probabilities"),
+    "multilabel": ("logits", "probabilities"),
+    "regress": ("values",),
+    "score": ("logits", "probabilities", "log_probabilities"),
+}
 
 
 class OnnxArchitecture(_Strict):
@@ -30,8 +39,9 @@ class OnnxArchitecture(_Strict):
     # lengths are then padded to the batch's longest; without one they are grouped by length.
     lengths_input: str | None = Field(default=None, pattern=TENSOR_NAME)
     output: str = Field(pattern=TENSOR_NAME)
-    # classify: [B, labels] logits or probabilities; score: [B, T, V] next-token logits or
-    # log-probabilities.
+    # classify: [B, labels] logits, probabilities or log-probabilities; multilabel: [B, labels]
+    # logits or probabilities (one per label); regress: [B, labels] values; score: [B, T, V]
+    # next-token logits, probabilities or log-probabilities.
     output_kind: OutputKind = "logits"
     # The default domain's opset the graph was exported with, as `batchserve import onnx` read it.
     opset: int | None = Field(default=None, ge=1, le=10_000)

@@ -22,12 +22,23 @@ def add(kinds: Any) -> Any:
     onnx.add_argument(
         "--outputs-are",
         dest="output_kind",
-        choices=["logits", "probabilities", "log_probabilities"],
-        default="logits",
-        help="what the head output holds (default logits): the server applies softmax, "
-        "log_softmax or nothing to match",
+        choices=["logits", "probabilities", "log_probabilities", "values"],
+        help="what the head output holds (default values for --task regress, else logits): the "
+        "server applies softmax, log_softmax, a sigmoid or nothing to match",
     )
-    onnx.add_argument("--task", choices=["classify", "score"], help="default: from the output")
+    onnx.add_argument(
+        "--task",
+        choices=["classify", "multilabel", "regress", "score"],
+        help="the head (default: score for a [batch, steps, vocabulary] output, else classify); "
+        "multilabel and regress name their outputs with --labels",
+    )
+    onnx.add_argument("--threshold", type=float, help="multilabel: the labels at or above it")
+    onnx.add_argument(
+        "--target-mean", metavar="M1,...", help="regress: the targets' training mean(s)"
+    )
+    onnx.add_argument(
+        "--target-std", metavar="S1,...", help="regress: the targets' training std(s)"
+    )
     onnx.add_argument("--input", dest="graph_input", help="the graph input taking the items")
     onnx.add_argument("--lengths-input", help="text models: the graph's [batch] lengths input")
     onnx.add_argument("--output", dest="graph_output", help="the graph output the head reads")

@@ -23,9 +23,10 @@ from models.checkpoint import ModelConfig, read_config
 from models.families import family_of
 from models.onnx_file import Array, OnnxModel, load_onnx
 
-# What the native servable of a config expects its module to return: a vector classifier applies
-# softmax to logits; the text classifier and the scorer take log-probabilities.
-Returns = Literal["logits", "log_probs"]
+# What the native servable of a config expects its module to return: a classifier and the scorer
+# take log-probabilities (the family's word); a multilabel head applies a sigmoid to per-label
+# logits; a regress head takes the values (and undoes the target scaling).
+Returns = Literal["logits", "log_probs", "label_logits", "values"]
 
 
 def is_onnx(path: Path) -> bool:
@@ -52,14 +53,19 @@ def make_onnx_servable(model: OnnxModel, config: ModelConfig) -> AnyServable:
 
 
 def _returns(config: ModelConfig) -> Returns:
-    """What the servable of this config expects its module to return (the family's word)."""
+    """What the servable of this config expects its module to return (the family's word for
+    classify and score; the head's own input for multilabel and regress)."""
+    if config.task == "multilabel":
+        return "label_logits"
+    if config.task == "regress":
+        return "values"
     return family_of(config.architecture).output(config.architecture)
 
 
 class OnnxModule(nn.Module):
     """A graph in an ONNX Runtime session, called as a native model's module: a vector batch
     [B, width], or token ids [B, T] and their lengths [B]; returns [B, labels] or [B, T, V]
-    float32, logits or log-probabilities as `returns` says."""
+    float32, logits, log-probabilities, per-label logits or values as `returns` says."""
 
     def __init__(self, graph: OnnxModel, returns: Returns) -> None:
         super().__init__()
@@ -74,6 +80,10 @@ class OnnxModule(nn.Module):
             output = _stacked(graph.tokens(rows), batch.shape[1])
         if self.returns == "log_probs":
             output = graph.log_probs(output)
+        elif self.returns == "label_logits":  # the head's sigmoid gives the probabilities back
+            output = graph.label_logits(output)
+        elif self.returns == "values":
+            pass  # the graph's own outputs; the head undoes the target scaling
         elif graph.output_kind == "probabilities":  # softmax(log p) is p again
             with np.errstate(divide="ignore"):
                 output = np.log(output)
