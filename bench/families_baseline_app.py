@@ -144,7 +144,7 @@ def _predictor(
                 ]
             )
 
-    else:
+    elif isinstance(spec, TextInput | WordsInput):
         body_type = TextBody
         encode = _text_encoder(spec)
 
@@ -154,6 +154,9 @@ def _predictor(
                 ids = encode(text)
                 rows.append(model(torch.tensor([ids]), torch.tensor([len(ids)])))
             return torch.cat(rows)
+
+    else:  # subwords: batchserve's own tokenizer file; this plain app does not read one
+        raise ValueError(f"the plain route does not serve {spec.kind} inputs")
 
     def predict(request: Any) -> dict[str, Any]:
         with torch.inference_mode():
