@@ -389,7 +389,8 @@ def test_with_auth_on_the_page_asks_for_the_key_and_says_when_it_is_wrong(
     with playground(chromium, keyed_server) as tab:
         prompt = tab.page.locator("#key-form")
         prompt.wait_for()
-        assert "missing API key" in prompt.locator("#key-message").inner_text()
+        # The message follows the page's first request: wait for it, do not race it.
+        expect(prompt.locator("#key-message")).to_contain_text("missing API key")
         assert tab.page.locator("section.panel").count() == 0
         enter_key(tab, "not-the-key")
         prompt.locator("#key-message", has_text="wrong API key").wait_for()
@@ -402,7 +403,7 @@ def test_with_auth_on_the_page_asks_for_the_key_and_says_when_it_is_wrong(
         # The key stays in the tab's memory: nothing stored, and a reload asks again.
         assert tab.page.evaluate("localStorage.length + sessionStorage.length") == 0
         tab.page.reload()
-        assert "missing API key" in prompt.locator("#key-message").inner_text()
+        expect(prompt.locator("#key-message")).to_contain_text("missing API key")
         tab.assert_clean(401)
 
 
