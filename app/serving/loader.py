@@ -15,7 +15,7 @@ import torch
 
 from app.serving.batcher import BatchLimits, BatchReport, DynamicBatcher
 from app.serving.generation import StepReport, StepScheduler
-from app.serving.onnx_servable import is_onnx, load_onnx_servable, onnx_generator
+from app.serving.onnx_servable import is_onnx, load_onnx_servable, onnx_stepper
 from app.serving.servables import AnyServable, SequenceScorer, make_servable
 from app.settings import Settings
 from models.architectures import CharLM
@@ -114,24 +114,27 @@ async def load_model(
         observer=on_batch,
     )
     batcher.start()
-    if module is None:
-        generator = onnx_generator(servable, executor, batcher.limits, on_step)
-    else:
-        generator = _generator(module, servable, executor, batcher.limits, on_step)
+    generator = _generator(module, servable, executor, batcher.limits, on_step)
     return LoadedModel(name, version, config, servable, batcher, str(device), sha256, generator)
 
 
 def _generator(
-    module: torch.nn.Module,
+    module: torch.nn.Module | None,
     servable: AnyServable,
     executor: Executor,
     limits: BatchLimits,
     on_step: Callable[[StepReport], None] | None,
 ) -> StepScheduler | None:
-    """A step scheduler for a character language model (one that can step), sharing the
-    inference thread of its batcher."""
-    lm = getattr(module, "_orig_mod", module)  # through torch.compile's wrapper
-    if not isinstance(servable, SequenceScorer) or not isinstance(lm, CharLM):
+    """A step scheduler for a language model that can step (a native CharLM, or an ONNX
+    scoring graph: `module` None), sharing the inference thread of its batcher."""
+    if not isinstance(servable, SequenceScorer):
+        return None
+    if module is None:
+        lm = onnx_stepper(servable)
+    else:
+        native = getattr(module, "_orig_mod", module)  # through torch.compile's wrapper
+        lm = native if isinstance(native, CharLM) else None
+    if lm is None:
         return None
     vocab = servable.vocab
     scheduler = StepScheduler(

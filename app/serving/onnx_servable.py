@@ -5,8 +5,6 @@ lengths input or grouping by length, what the head output holds) is models.onnx_
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import Literal, cast
 
@@ -14,8 +12,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.serving.batcher import BatchLimits
-from app.serving.generation import StepReport, StepScheduler
 from app.serving.servables import AnyServable, SequenceScorer, make_servable
 from app.settings import Settings
 from models.architectures import CharLM
@@ -137,27 +133,11 @@ class OnnxStepper:
         return torch.from_numpy(last).float(), state
 
 
-def onnx_generator(
-    servable: AnyServable,
-    executor: Executor,
-    limits: BatchLimits,
-    on_step: Callable[[StepReport], None] | None,
-) -> StepScheduler | None:
-    """A step scheduler for an ONNX scoring model (completions), sharing its batcher's thread."""
-    if not isinstance(servable, SequenceScorer) or not isinstance(servable.model, OnnxModule):
+def onnx_stepper(servable: SequenceScorer) -> CharLM | None:
+    """`prefill` and `step` for an ONNX scoring model (completions), or None for a native one;
+    the loader runs it in the same step scheduler as a native language model."""
+    if not isinstance(servable.model, OnnxModule):
         return None
-    vocab = servable.vocab
     # The most tokens a sequence holds: BOS, the characters and EOS (completions' own limit).
     stepper = OnnxStepper(servable.model.graph, width=1 + servable.max_length + 2)
-    scheduler = StepScheduler(
-        cast(CharLM, stepper),  # the scheduler calls only prefill and step
-        servable.device,
-        executor,
-        bos=vocab.bos,
-        eos=vocab.eos,
-        max_running=limits.max_batch_size,
-        max_waiting=limits.max_queue_size,
-        observer=on_step,
-    )
-    scheduler.start()
-    return scheduler
+    return cast(CharLM, stepper)  # the scheduler calls only prefill and step
