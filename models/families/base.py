@@ -304,7 +304,15 @@ def padded(rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TokenCodec(Codec[list[int]]):
-    """Strings as token ids, batched zero-padded with their lengths."""
+    """Strings as token ids, batched zero-padded with their lengths. A subclass's `encode`
+    checks and tokenizes one string; `parse` is `encode` of a request item."""
+
+    def parse(self, raw: Any, field: str, numbers_checked: bool = False) -> list[int]:
+        return self.encode(raw, field)
+
+    @abstractmethod
+    def encode(self, raw: Any, field: str, allow_empty: bool = False) -> list[int]:
+        """The token ids of `raw`, or ItemError naming `field`."""
 
     def collate(self, items: Sequence[list[int]]) -> tuple[torch.Tensor, ...]:
         return padded(items)
@@ -330,9 +338,6 @@ class CharCodec(TokenCodec):
         self.max_raw_length = self.max_length * (RAW_CHARACTERS_PER_LETTER if folds else 1)
         # Commas and brackets inside a string count too (the pre-parse count cannot tell).
         self.max_item_values = 1 + self.max_raw_length
-
-    def parse(self, raw: Any, field: str, numbers_checked: bool = False) -> list[int]:
-        return self.encode(raw, field)
 
     def encode(self, raw: Any, field: str, allow_empty: bool = False) -> list[int]:
         if not isinstance(raw, str):
@@ -377,9 +382,6 @@ class WordCodec(TokenCodec):
         self.max_raw_length = spec.max_length * 257
         self.max_item_values = 1 + self.max_raw_length
 
-    def parse(self, raw: Any, field: str, numbers_checked: bool = False) -> list[int]:
-        return self.encode(raw, field)
-
     def encode(self, raw: Any, field: str, allow_empty: bool = False) -> list[int]:
         if not isinstance(raw, str):
             raise ItemError(f"{field}: expected a string, got {json_type(raw)}")
@@ -422,9 +424,6 @@ class SubwordCodec(TokenCodec):
         per_token = max(self.vocab.longest_token, 1) * RAW_CHARACTERS_PER_LETTER
         self.max_raw_length = spec.max_length * per_token
         self.max_item_values = 1 + self.max_raw_length
-
-    def parse(self, raw: Any, field: str, numbers_checked: bool = False) -> list[int]:
-        return self.encode(raw, field)
 
     def encode(self, raw: Any, field: str, allow_empty: bool = False) -> list[int]:
         if not isinstance(raw, str):
