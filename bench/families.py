@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import statistics
 import string
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ import torch
 from bench.bodies import SURNAMES
 from bench.hostile import batchserve_spec
 from bench.load import measure
-from bench.report import write_marked_section
+from bench.report import run_section_benchmark
 from bench.run import _pinning
 from bench.servers import HOST, ROOT, ServerSpec, get_json, post_json, start, stop
 from models.checkpoint import ModelConfig, build_model
@@ -404,19 +402,9 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("bench: needs wrk (apt-get install wrk)", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="batchserve-families-") as tmp:
-        results = benchmark(args, Path(tmp))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(results, indent=2) + "\n")
-    text = render(results)
-    if args.write:
-        write_marked_section(RESULTS, text, START, END)
-    print(text)
-    return 0
+    return run_section_benchmark(
+        parse_args(argv), benchmark, render, (RESULTS, START, END), "batchserve-families-"
+    )
 
 
 if __name__ == "__main__":

@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import torch
 
 from bench.bodies import write_bodies
 from bench.load import measure
-from bench.report import write_marked_section
+from bench.report import run_section_benchmark
 from bench.servers import HOST, ROOT, ServerSpec, get_json, start, stop
 
 NATIVE, ONNX = "mnist-mlp", "mnist-mlp-onnx"
@@ -190,19 +188,9 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        print("bench: needs wrk (apt-get install wrk)", file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="batchserve-onnx-") as tmp:
-        results = benchmark(args, Path(tmp))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(results, indent=2) + "\n")
-    text = render(results)
-    if args.write:
-        write_marked_section(RESULTS, text, START, END)
-    print(text)
-    return 0
+    return run_section_benchmark(
+        parse_args(argv), benchmark, render, (RESULTS, START, END), "batchserve-onnx-"
+    )
 
 
 if __name__ == "__main__":

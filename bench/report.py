@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +239,26 @@ def write_marked_section(path: Path, text: str, start_mark: str, end_mark: str) 
         new = old + ("\n" if old and not old.endswith("\n\n") else "") + block
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new)
+
+
+def run_section_benchmark(
+    args: Any,
+    benchmark: Callable[[Any, Path], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    section: tuple[Path, str, str],
+    prefix: str,
+) -> int:
+    """The common main of a benchmark that owns a section of RESULTS.md: needs wrk, runs in a
+    temporary directory, keeps --json-out, writes its section with --write, prints it."""
+    if shutil.which("wrk") is None:
+        print("bench: needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        results = benchmark(args, Path(tmp))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=2) + "\n")
+    text = render(results)
+    if args.write:
+        write_marked_section(section[0], text, section[1], section[2])
+    print(text)
+    return 0
